@@ -1,0 +1,1 @@
+"""Shipped recipes and the JSON Schema of the recipe core."""

@@ -1,0 +1,105 @@
+"""The contract between a backbone's cross-attention and the framework.
+
+A backbone calls, for every cross-attention layer of every decoder, one :class:`AttentionHook` with the
+already projected and RoPE-rotated queries and keys, the projected values and the softmax scale. The hook
+returns the attention output (before the output projection). Two kinds of strategy plug into the hook:
+
+* a :class:`CaptureStrategy` reduces (q, k, scale) of one layer to a map over the **key** tokens,
+  shape ``(B, heads, Nk)``; the backbone stacks layers and heads into channels ``c = layer * heads + head``;
+* a :class:`ReweightPolicy` computes the attention output from (q, k, v, query mask, key mask).
+
+Shapes: ``q (B, heads, Nq, d)``, ``k, v (B, heads, Nk, d)``, masks ``(B, Nq)`` / ``(B, Nk)`` bool with
+``True`` = dynamic token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@runtime_checkable
+class CaptureStrategy(Protocol):
+    """Reduces one cross-attention layer to a key-side map."""
+
+    def __call__(self, decoder: int, layer: int, q: Tensor, k: Tensor, scale: float) -> Tensor:
+        """Return ``(B, heads, Nk)``: a statistic of the pre-softmax logits for every key token."""
+        ...
+
+
+@runtime_checkable
+class ReweightPolicy(Protocol):
+    """Computes a cross-attention output in which dynamic tokens are re-weighted."""
+
+    def __call__(
+        self, q: Tensor, k: Tensor, v: Tensor, scale: float, query_dynamic: Tensor, key_dynamic: Tensor
+    ) -> Tensor:
+        """Return ``(B, heads, Nq, d)``, the attention output before the output projection."""
+        ...
+
+
+def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """Plain softmax attention through the fused kernel (no N×N tensor is kept)."""
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+@dataclass
+class Reweighting:
+    """Which cross-attention layers a policy re-weights, and the per-pair token masks it uses.
+
+    ``decoders`` holds 1 (view-1 branch, queries in view 1) and/or 2; ``layers`` ``None`` means all.
+    ``view1_dynamic``/``view2_dynamic`` are ``(B, N)`` bool token masks of the pairs in the batch.
+    For decoder 1 the queries are view-1 tokens and the keys view-2 tokens; decoder 2 swaps them.
+    """
+
+    policy: ReweightPolicy
+    view1_dynamic: Tensor
+    view2_dynamic: Tensor
+    decoders: tuple[int, ...] = (1,)
+    layers: tuple[int, ...] | None = None
+
+    def applies(self, decoder: int, layer: int) -> bool:
+        return decoder in self.decoders and (self.layers is None or layer in self.layers)
+
+    def masks(self, decoder: int) -> tuple[Tensor, Tensor]:
+        """(query mask, key mask) for a decoder."""
+        if decoder == 1:
+            return self.view1_dynamic, self.view2_dynamic
+        return self.view2_dynamic, self.view1_dynamic
+
+
+@dataclass
+class AttentionHook:
+    """What one cross-attention call does with its rotated q, k and v.
+
+    Created by the backbone for one decoder layer of one batch of pairs. It records the capture result
+    (if a capture strategy is active) in ``captured`` and returns the (possibly re-weighted) output.
+    """
+
+    decoder: int
+    layer: int
+    capture: CaptureStrategy | None = None
+    reweighting: Reweighting | None = None
+    captured: Tensor | None = field(default=None, repr=False)
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        if self.capture is not None:
+            self.captured = self.capture(self.decoder, self.layer, q, k, scale)
+        if self.reweighting is not None and self.reweighting.applies(self.decoder, self.layer):
+            query_dynamic, key_dynamic = self.reweighting.masks(self.decoder)
+            return self.reweighting.policy(q, k, v, scale, query_dynamic, key_dynamic)
+        return fused_attention(q, k, v, scale)
+
+
+def stack_captured(hooks: list[AttentionHook]) -> Tensor:
+    """Stack per-layer captures ``(B, heads, Nk)`` into ``(B, Nk, layers * heads)``, c = layer·heads + head."""
+    maps = [h.captured for h in sorted(hooks, key=lambda h: h.layer)]
+    if any(m is None for m in maps):
+        raise RuntimeError("a capture strategy returned nothing for some layer")
+    stacked = torch.stack(maps, dim=1)  # (B, layers, heads, Nk)
+    b, n_layers, n_heads, nk = stacked.shape
+    return stacked.reshape(b, n_layers * n_heads, nk).transpose(1, 2)

@@ -1,0 +1,101 @@
+"""Hook specifications: the contract between easi3r and its plug-ins.
+
+A plug-in is a module (or object) with functions marked ``@easi3r.hookimpl`` whose names are those
+below. It is found through the entry-point group ``easi3r`` (``[project.entry-points.easi3r]`` in a
+``pyproject.toml``); easi3r's own backbones and strategies are registered through that same group.
+
+Registry hooks (``easi3r_<kind>``) return ``{name: factory}``. A recipe section ``{name: X, **params}``
+of that kind calls ``factory(**params)``; what the factory returns is described per hook. Names must be
+unique across all installed plug-ins. Registry hooks are called lazily, on first use, and a plug-in
+module must not do heavy work (no torch computation, no file reading) at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+PROJECT = "easi3r"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registries: each returns {name: factory} -------------------------------------------------------
+
+
+@hookspec
+def easi3r_backbones() -> dict[str, Any]:
+    """Backbones. ``factory(**backbone_section) -> easi3r.backbone.Backbone``."""
+
+
+@hookspec
+def easi3r_capture_strategies() -> dict[str, Any]:
+    """Attention capture. ``factory(**params) -> easi3r.attention.CaptureStrategy``."""
+
+
+@hookspec
+def easi3r_mask_rules() -> dict[str, Any]:
+    """Mask rules. ``factory(**params) -> rule``; ``rule(maps: FrameMaps) -> Tensor (T, NH, NW)``."""
+
+
+@hookspec
+def easi3r_refiners() -> dict[str, Any]:
+    """Map refiners. ``factory(**params) -> refine``;
+    ``refine(dynamic_map (T,NH,NW), features (T,NH,NW,D)) -> (refined (T,NH,NW), extras: dict)``."""
+
+
+@hookspec
+def easi3r_thresholds() -> dict[str, Any]:
+    """Thresholds. ``factory(**params) -> threshold``; ``threshold(values (T,H,W)) -> float``;
+    the mask is ``values > threshold``."""
+
+
+@hookspec
+def easi3r_reweight_policies() -> dict[str, Any]:
+    """Re-weighting policies. ``factory(**params) -> easi3r.attention.ReweightPolicy``."""
+
+
+@hookspec
+def easi3r_aligners() -> dict[str, Any]:
+    """Aligners. ``factory(**params) -> align``;
+    ``align(frames, pair_outputs, masks, progress) -> Scene | None``."""
+
+
+@hookspec
+def easi3r_exporters() -> dict[str, Any]:
+    """Exporters. ``factory(**params) -> export``; ``export(result: RunResult, out_dir: Path) -> list[Path]``."""
+
+
+# --- resources a plug-in package may ship ----------------------------------------------------------
+
+
+@hookspec
+def easi3r_recipe_dirs() -> list[Path]:
+    """Folders of ``*.yaml`` recipes that ``--recipe NAME`` may name."""
+
+
+@hookspec
+def easi3r_schema_fragments() -> dict[str, dict]:
+    """JSON-Schema fragments for the parameters of this plug-in's strategies, keyed ``"<section>/<name>"``
+    (e.g. ``"refine/kmeans"``). The fragment validates the section without its ``name`` key."""
+
+
+# --- lifecycle -------------------------------------------------------------------------------------
+
+
+@hookspec
+def easi3r_run_start(recipe: Any, frames: Any) -> None:
+    """Called once before pass 1 with the resolved recipe and the loaded frames."""
+
+
+@hookspec(firstresult=True)
+def easi3r_masks_ready(masks: Any, frames: Any, recipe: Any, pass_index: int) -> Any:
+    """Called whenever a pass's masks are derived. Return a replacement ``DynamicMasks`` (for example
+    refined by an external segmenter such as SAM2) or ``None`` to keep them. First non-None wins."""
+
+
+@hookspec
+def easi3r_run_end(result: Any, out_dir: Path) -> None:
+    """Called once after the exporters wrote everything into ``out_dir``."""

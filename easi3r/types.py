@@ -1,0 +1,110 @@
+"""The typed values that flow between pipeline stages.
+
+frames → :class:`Frames` → pairs (``(P, 2)`` int64 tensor, view-1 index then view-2 index)
+→ :class:`Encoded` → :class:`PairOutputs` (captured :class:`PairAttention`, :class:`PairPredictions`)
+→ :class:`FrameMaps` → :class:`DynamicMasks` → :class:`Scene`.
+
+Images are channel-first network inputs in [-1, 1]; maps are ``(T, NH, NW)`` over the token grid; masks
+are ``(T, H, W)`` bool with ``True`` = dynamic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Frames:
+    """Preprocessed video frames, all of one network size."""
+
+    images: Tensor  # (T, 3, H, W) float32 in [-1, 1]
+    paths: list[str]  # where each frame came from (file path, or "video.mp4#index")
+    source_sizes: list[tuple[int, int]] = field(default_factory=list)  # (W, H) before preprocessing
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"frames must be (T, 3, H, W), got {tuple(self.images.shape)}")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the network input."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def rgb(self) -> np.ndarray:
+        """(T, H, W, 3) uint8 colours, for writers and viewers."""
+        x = ((self.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class Encoded:
+    """Encoder output of every frame, computed once and shared by all pairs and both passes."""
+
+    tokens: Tensor  # (T, N, D_enc), after the encoder's final norm
+    positions: Tensor  # (N, 2) integer (row, col) of each token
+    grid: tuple[int, int]  # (NH, NW)
+    image_size: tuple[int, int]  # (H, W)
+
+    def features(self) -> Tensor:
+        """(T, NH, NW, D_enc): the per-token encoder features used for clustering."""
+        return self.tokens.reshape(self.tokens.shape[0], *self.grid, -1)
+
+
+@dataclass
+class PairAttention:
+    """Key-side maps captured from the cross-attention of both decoders, one per ordered pair.
+
+    ``decoder1[p]`` lives on the tokens of view 2 of pair p (queries were view-1 tokens);
+    ``decoder2[p]`` lives on the tokens of view 1. Channels: c = layer · heads + head.
+    """
+
+    decoder1: Tensor  # (P, NH, NW, C)
+    decoder2: Tensor  # (P, NH, NW, C)
+
+
+@dataclass
+class PairPredictions:
+    """Head outputs of every ordered pair, both in the camera frame of view 1."""
+
+    pts3d_1: Tensor  # (P, H, W, 3) view 1's points
+    conf_1: Tensor  # (P, H, W) confidence (1 + exp)
+    pts3d_2: Tensor  # (P, H, W, 3) view 2's points in view 1's frame ("pts3d_in_other_view")
+    conf_2: Tensor  # (P, H, W)
+
+
+@dataclass
+class PairOutputs:
+    """What one decoding pass over a pair list produced."""
+
+    pairs: Tensor  # (P, 2) int64
+    attention: PairAttention | None = None
+    predictions: PairPredictions | None = None
+
+
+@dataclass
+class FrameMaps:
+    """Per-frame maps derived from the pair maps; named maps feed the mask rule."""
+
+    maps: dict[str, Tensor]  # name → (T, NH, NW) (fused) or (T, NH, NW, C) (raw statistics)
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self.maps[name]
+
+
+@dataclass
+class DynamicMasks:
+    """The result of mask derivation for one pass."""
+
+    masks: Tensor  # (T, H, W) bool, True = dynamic
+    dynamic_map: Tensor  # (T, NH, NW) rule output in [0, 1]
+    refined_map: Tensor  # (T, NH, NW) after refinement
+    threshold: float  # on the upsampled refined map
+    maps: FrameMaps | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)  # e.g. cluster labels, for inspection

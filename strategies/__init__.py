@@ -1,0 +1,1 @@
+"""Built-in swappable stages: capture, mask rules, refiners, thresholds, re-weighting, aligners, exporters."""
