@@ -63,6 +63,7 @@ class CroCoBackbone:
         self.patch_size = int(model.patch_embed.patch_size[0])
         self.decoder_layers = len(model.dec_blocks)
         self.decoder_heads = int(model.dec_blocks[0].cross_attn.num_heads)
+        self.dtype = next(model.parameters()).dtype  # float32 for checkpoints; float64 in identity tests
 
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
@@ -79,8 +80,10 @@ class CroCoBackbone:
         chunks = []
         with self._autocast():
             for start in range(0, images.shape[0], self.batch_size):
-                batch = images[start : start + self.batch_size].to(self.device, torch.float32)
-                tokens, _ = self.model.encode(batch) if hasattr(self.model, "encode") else _encode(self.model, batch)
+                batch = images[start : start + self.batch_size].to(self.device, self.dtype)
+                tokens, _ = (
+                    self.model.encode(batch) if hasattr(self.model, "encode") else _encode(self.model, batch)
+                )
                 chunks.append(tokens)
         grid = (h // self.patch_size, w // self.patch_size)
         return Encoded(
@@ -149,7 +152,10 @@ class CroCoBackbone:
         heads: bool,
     ) -> dict[str, Tensor]:
         m = self.model
-        e1, e2 = encoded.tokens[batch[:, 0].to(encoded.tokens.device)], encoded.tokens[batch[:, 1].to(encoded.tokens.device)]
+        e1, e2 = (
+            encoded.tokens[batch[:, 0].to(encoded.tokens.device)],
+            encoded.tokens[batch[:, 1].to(encoded.tokens.device)],
+        )
         pos = encoded.positions[None].expand(len(batch), -1, -1)
         keep1 = _head_inputs(m.downstream_head1, self.decoder_layers) if heads else set()
         keep2 = _head_inputs(m.downstream_head2, self.decoder_layers) if heads else set()
@@ -174,10 +180,13 @@ class CroCoBackbone:
             result["maps2"] = stack_captured(hooks2)
         if heads:
             shape = encoded.image_size
-            # heads run in float32 whatever the autocast setting, as in the official model
-            res1 = m.downstream_head1([None if t is None else t.float() for t in out1], shape)
-            res2 = m.downstream_head2([None if t is None else t.float() for t in out2], shape)
-            result.update(pts3d_1=res1["pts3d"], conf_1=res1["conf"], pts3d_2=res2["pts3d"], conf_2=res2["conf"])
+            # heads run in the weights' precision whatever the autocast setting, as in the official model
+            with torch.autocast(device_type=torch.device(self.device).type, enabled=False):
+                res1 = m.downstream_head1([None if t is None else t.to(self.dtype) for t in out1], shape)
+                res2 = m.downstream_head2([None if t is None else t.to(self.dtype) for t in out2], shape)
+            result.update(
+                pts3d_1=res1["pts3d"], conf_1=res1["conf"], pts3d_2=res2["pts3d"], conf_2=res2["conf"]
+            )
         return result
 
 

@@ -15,11 +15,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from easi3r.backends.heads import DPTHead, LinearHead
 from easi3r.attention import AttentionHook, fused_attention
+from easi3r.backends.heads import DPTHead, LinearHead
 
 LAYER_NORM_EPS = 1e-6
 
@@ -57,7 +56,10 @@ class RoPE2D(nn.Module):
         cos, sin = self._cos_sin(half, int(positions.max()) + 1, tokens.device, tokens.dtype)
         rows, cols = tokens.chunk(2, dim=-1)
         return torch.cat(
-            (self._rotate(rows, positions[..., 0], cos, sin), self._rotate(cols, positions[..., 1], cos, sin)),
+            (
+                self._rotate(rows, positions[..., 0], cos, sin),
+                self._rotate(cols, positions[..., 1], cos, sin),
+            ),
             dim=-1,
         )
 
@@ -228,14 +230,18 @@ class CroCoStereo(nn.Module):
         self.patch_embed = PatchEmbed(patch_size, enc_embed_dim)
         # unused by DUSt3R (CroCo pre-training) but part of every official checkpoint
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dec_embed_dim))
-        self.enc_blocks = nn.ModuleList(Block(enc_embed_dim, enc_num_heads, mlp_ratio, rope) for _ in range(enc_depth))
+        self.enc_blocks = nn.ModuleList(
+            Block(enc_embed_dim, enc_num_heads, mlp_ratio, rope) for _ in range(enc_depth)
+        )
         self.enc_norm = nn.LayerNorm(enc_embed_dim, eps=LAYER_NORM_EPS)
         self.decoder_embed = nn.Linear(enc_embed_dim, dec_embed_dim)
         self.dec_blocks = nn.ModuleList(
-            DecoderBlock(dec_embed_dim, dec_num_heads, mlp_ratio, rope, norm_im2_in_dec) for _ in range(dec_depth)
+            DecoderBlock(dec_embed_dim, dec_num_heads, mlp_ratio, rope, norm_im2_in_dec)
+            for _ in range(dec_depth)
         )
         self.dec_blocks2 = nn.ModuleList(
-            DecoderBlock(dec_embed_dim, dec_num_heads, mlp_ratio, rope, norm_im2_in_dec) for _ in range(dec_depth)
+            DecoderBlock(dec_embed_dim, dec_num_heads, mlp_ratio, rope, norm_im2_in_dec)
+            for _ in range(dec_depth)
         )
         self.dec_norm = nn.LayerNorm(dec_embed_dim, eps=LAYER_NORM_EPS)
         modes = dict(depth_mode=tuple(depth_mode), conf_mode=tuple(conf_mode))

@@ -18,7 +18,10 @@ from torch import Tensor, nn
 def postprocess(raw: Tensor, depth_mode: Sequence, conf_mode: Sequence) -> dict[str, Tensor]:
     """(B, 4, H, W) raw head output → points with depth mode "exp" and confidence ``vmin + exp(x)``."""
     fmap = raw.permute(0, 2, 3, 1)
-    return {"pts3d": _activate_points(fmap[..., :3], depth_mode), "conf": _activate_conf(fmap[..., 3], conf_mode)}
+    return {
+        "pts3d": _activate_points(fmap[..., :3], depth_mode),
+        "conf": _activate_conf(fmap[..., 3], conf_mode),
+    }
 
 
 def _activate_points(xyz: Tensor, depth_mode: Sequence) -> Tensor:
@@ -97,7 +100,9 @@ class _Upsample(nn.Module):
 class _DPT(nn.Module):
     """Dense prediction transformer decoder over four token layers (named as in the checkpoints)."""
 
-    def __init__(self, dims: Sequence[int], hooks: Sequence[int], patch_size: int, out_channels: int = 4) -> None:
+    def __init__(
+        self, dims: Sequence[int], hooks: Sequence[int], patch_size: int, out_channels: int = 4
+    ) -> None:
         super().__init__()
         layer_dims, feature_dim, last_dim = (96, 192, 384, 768), 256, 128
         self.hooks = list(hooks)

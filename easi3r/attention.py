@@ -95,6 +95,11 @@ class AttentionHook:
         return fused_attention(q, k, v, scale)
 
 
+def pixel_to_token_masks(masks: Tensor, patch_size: int) -> Tensor:
+    """(T, H, W) bool pixel masks → (T, N) token masks: a token is dynamic if any of its pixels is."""
+    return F.max_pool2d(masks.float()[:, None], patch_size).flatten(1) > 0.5
+
+
 def stack_captured(hooks: list[AttentionHook]) -> Tensor:
     """Stack per-layer captures ``(B, heads, Nk)`` into ``(B, Nk, layers * heads)``, c = layer·heads + head."""
     maps = [h.captured for h in sorted(hooks, key=lambda h: h.layer)]

@@ -31,10 +31,12 @@ as a power would silently mean something else to half the readers). There are no
 strings, keywords or lambdas: ``.`` only appears inside numbers.
 
 Values follow torch's broadcasting and type promotion; constants take the dtype and device of the maps.
-Division by zero gives ``inf``/``nan`` as in torch. Every problem, at parse or evaluation time, is a
-:class:`~easi3r.errors.FormulaError` whose one-line message gives the column and marks the token::
+Division by zero gives ``inf``/``nan`` as in torch. For ``& | where`` a value is true when non-zero (NaN
+included). Formulas longer than :data:`MAX_LENGTH` or nested deeper than :data:`MAX_DEPTH` are rejected.
+Every problem, at parse or evaluation time, is a :class:`~easi3r.errors.FormulaError` whose one-line message
+gives the column and marks the token::
 
-    formula error at column 6: unknown name 'src_maen' (did you mean 'src_mean'?; ...): (1 - >>src_maen<<) ...
+    formula error at column 6: unknown name 'src_maen' (did you mean 'src_mean'?; ...): (1 - [[src_maen]]) ...
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ __all__ = [
     "Formula",
     "FunctionSpec",
     "Name",
+    "Node",
     "Number",
     "Unary",
     "evaluate",
@@ -251,7 +254,7 @@ def _sanitise(text: str) -> str:
 
 
 def _error(source: str, col: int, width: int, message: str) -> FormulaError:
-    """A one-line error: column, message, and an excerpt with the offending token marked ``>>like this<<``."""
+    """A one-line error: column, message, and an excerpt with the offending token marked ``[[like this]]``."""
     start = col - 1
     end = start + width
     left = max(0, start - 30)
@@ -260,9 +263,9 @@ def _error(source: str, col: int, width: int, message: str) -> FormulaError:
     excerpt = (
         ("..." if left > 0 else "")
         + _sanitise(source[left:start])
-        + ">>"
+        + "[["
         + _sanitise(token)
-        + "<<"
+        + "]]"
         + _sanitise(source[end:right])
         + ("..." if right < len(source) else "")
     )
@@ -337,7 +340,7 @@ def _tokenize(source: str) -> list[_Token]:
 _COMPARISONS = frozenset({"<", "<=", ">", ">=", "==", "!="})
 # Binding strength of the binary operators handled by precedence climbing ('**' is handled in _power).
 _PRECEDENCE = {"|": 1, "&": 2, **dict.fromkeys(_COMPARISONS, 3), "+": 4, "-": 4, "*": 5, "/": 5}
-_WORD_HINTS = {"and": " (use '&')", "or": " (use '|')", "not": " (use '1 - x' or where(x, 0, 1))"}
+_WORD_HINTS = {"and": " (use '&')", "or": " (use '|')"}
 
 
 def _describe(token: _Token) -> str:
@@ -531,7 +534,9 @@ class _Evaluator:
             shapes = " and ".join(str(tuple(t.shape)) for t in operands)
             what = f"{node.func}()" if isinstance(node, Call) else f"'{node.op}'"
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise self._fail(node, f"cannot apply {what} to shapes {shapes}: {_sanitise(detail)}") from exc
+            raise self._fail(
+                node, f"cannot apply {what} to operands of shape {shapes}: {_sanitise(detail)}"
+            ) from exc
 
 
 # ----------------------------------------------------------------------------------------------- public API

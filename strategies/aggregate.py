@@ -37,8 +37,9 @@ def aggregate_pair_maps(
     """Per-frame mean and unbiased std of the pair maps, for both sides.
 
     ``pairs`` is ``(P, 2)`` (view-1 frame, view-2 frame), aligned with ``attention.decoder1/2`` ``(P, NH,
-    NW, C)``. Decoder-1 maps are grouped by the view-2 frame (``src_*``), decoder-2 maps by the view-1 frame
-    (``ref_*``). Returns ``{"src_mean", "src_std", "ref_mean", "ref_std"}``, each ``(T, NH, NW, C)``.
+    NW, C)`` of any float dtype (the statistics are at least float32). Decoder-1 maps are grouped by the
+    view-2 frame (``src_*``), decoder-2 maps by the view-1 frame (``ref_*``). Returns ``{"src_mean",
+    "src_std", "ref_mean", "ref_std"}``, each ``(T, NH, NW, C)``.
 
     ``corner_fix`` (reference quirk, default on): before the statistics, token (0, 0) of every pair map is
     replaced by the mean of tokens (0, 1) and (1, 0), all channels.
@@ -76,10 +77,12 @@ def _grouped_stats(
     if not torch.isfinite(maps).all():
         # A NaN/inf here (e.g. an fp16 overflow in the backbone) would silently turn every map into NaN.
         raise ValueError(f"{side}-side attention maps contain non-finite values")
+    if corner_fix and (maps.shape[1] < 2 or maps.shape[2] < 2):
+        raise ValueError(f"corner_fix needs a token grid of at least 2×2, got {tuple(maps.shape[1:3])}")
+    # Reduced-precision captures (bf16/fp16 backbones) would lose the small spread between pairs in the
+    # sums, so the statistics are at least float32. The corner fix writes in place: copy the caller's maps.
+    maps = maps.to(torch.promote_types(maps.dtype, torch.float32), copy=corner_fix)
     if corner_fix:
-        if maps.shape[1] < 2 or maps.shape[2] < 2:
-            raise ValueError(f"corner_fix needs a token grid of at least 2×2, got {tuple(maps.shape[1:3])}")
-        maps = maps.clone()
         maps[:, 0, 0, :] = (maps[:, 0, 1, :] + maps[:, 1, 0, :]) / 2
 
     counts = torch.bincount(frame_of_pair, minlength=n_frames)

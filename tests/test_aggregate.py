@@ -93,6 +93,18 @@ def test_std_is_accurate_for_large_offsets() -> None:
     torch.testing.assert_close(raw["ref_std"][1].double(), expected, rtol=1e-3, atol=0)
 
 
+def test_half_precision_maps_give_float32_stats() -> None:
+    attention, pairs = golden_attention("pass1")
+    half = PairAttention(decoder1=attention.decoder1.half(), decoder2=attention.decoder2.half())
+    raw = aggregate_pair_maps(half, pairs, 5)
+    expected = aggregate_pair_maps(
+        PairAttention(decoder1=half.decoder1.double(), decoder2=half.decoder2.double()), pairs, 5
+    )
+    for name in STAT_NAMES:
+        assert raw[name].dtype == torch.float32
+        torch.testing.assert_close(raw[name].double(), expected[name], rtol=1e-5, atol=1e-6)
+
+
 def test_one_pair_per_frame_is_finite() -> None:
     torch.manual_seed(0)
     attention = PairAttention(decoder1=torch.randn(2, 3, 4, 5), decoder2=torch.randn(2, 3, 4, 5))

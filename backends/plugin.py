@@ -1,0 +1,67 @@
+"""Registers the CroCo-family backbones ``dust3r`` and ``monst3r`` through the ``easi3r`` entry points.
+
+Imports nothing heavy at module import: the network is built only when a factory is called.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from easi3r.hookspecs import hookimpl
+
+RANDOM = "random"  # backbone.checkpoint value that asks for seeded random weights (tests, benchmarks)
+
+
+def build_backbone(
+    *,
+    family: str,
+    preset: str,
+    checkpoint: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Any:
+    """A :class:`~easi3r.backends.adapter.CroCoBackbone` from a checkpoint, the bundled weights of a
+    preset, or (``checkpoint="random"``) seeded random weights of a preset's architecture."""
+    import torch
+
+    from easi3r.backends.adapter import CroCoBackbone, resolve_device
+    from easi3r.backends.checkpoint import build_model, load_model
+    from easi3r.backends.croco import CroCoStereo
+    from easi3r.backends.presets import PRESETS
+    from easi3r.errors import CheckpointError
+
+    device = resolve_device(device)
+    if checkpoint not in (None, RANDOM):
+        model, _ = load_model(checkpoint, device="cpu")
+    else:
+        if preset not in PRESETS:
+            raise CheckpointError(f"unknown backbone preset {preset!r}; known: {', '.join(PRESETS)}")
+        spec = PRESETS[preset]
+        if checkpoint == RANDOM:
+            torch.manual_seed(seed)
+            model = CroCoStereo(**spec.constructor)
+        elif spec.bundled is not None:
+            from safetensors.torch import load_file
+
+            model = build_model(spec.constructor, load_file(spec.bundled))
+        else:
+            raise CheckpointError(
+                f"backbone preset {preset!r} needs its weights: download {spec.source} and pass "
+                "backbone.checkpoint=PATH (a .pth file or a folder with config.json + model.safetensors)"
+            )
+    return CroCoBackbone(model, name=family, device=device, batch_size=batch_size, precision=precision)
+
+
+def _dust3r(preset: str = "vitl_512_dpt", **kwargs: Any) -> Any:
+    return build_backbone(family="dust3r", preset=preset, **kwargs)
+
+
+def _monst3r(preset: str = "monst3r_vitl_512_dpt", **kwargs: Any) -> Any:
+    return build_backbone(family="monst3r", preset=preset, **kwargs)
+
+
+@hookimpl
+def easi3r_backbones() -> dict[str, Any]:
+    return {"dust3r": _dust3r, "monst3r": _monst3r}

@@ -1,0 +1,92 @@
+"""Registers easi3r's built-in stages through the ``easi3r`` entry points, like any third-party plug-in.
+
+Factories import their implementation on first call, so loading this plug-in costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+from easi3r.hookspecs import hookimpl
+
+
+def _formula_rule(formula: str | None = None) -> Any:
+    """Mask rule given as a formula over the named per-frame maps (parsed now, so errors show early)."""
+    from easi3r.formula import EASI3R_RULE, parse
+
+    parsed = parse(EASI3R_RULE if formula is None else formula)
+    return lambda maps: parsed.evaluate(maps.maps)
+
+
+def _lazy(module: str, attribute: str) -> Any:
+    """A factory that imports ``easi3r.strategies.<module>.<attribute>`` when called."""
+
+    def factory(**params: Any) -> Any:
+        import importlib
+
+        target = getattr(importlib.import_module(f"easi3r.strategies.{module}"), attribute)
+        return target(**params) if isinstance(target, type) else _function(target, params)
+
+    factory.__name__ = attribute
+    return factory
+
+
+def _function(fn: Any, params: dict[str, Any]) -> Any:
+    """Plain-function strategies take no parameters."""
+    if params:
+        raise TypeError(f"{fn.__name__}() takes no parameters, got {', '.join(params)}")
+    return fn
+
+
+@hookimpl
+def easi3r_capture_strategies() -> dict[str, Any]:
+    return {"query_mean": _lazy("capture", "query_mean"), "full_logits": _lazy("capture", "full_logits")}
+
+
+@hookimpl
+def easi3r_mask_rules() -> dict[str, Any]:
+    return {"formula": _formula_rule}
+
+
+@hookimpl
+def easi3r_refiners() -> dict[str, Any]:
+    return {"kmeans": _lazy("refine", "KMeansRefiner"), "none": _lazy("refine", "NoRefiner")}
+
+
+@hookimpl
+def easi3r_thresholds() -> dict[str, Any]:
+    return {
+        "adaptive_multiotsu": _lazy("threshold", "AdaptiveMultiOtsu"),
+        "otsu": _lazy("threshold", "Otsu"),
+        "fixed": _lazy("threshold", "Fixed"),
+    }
+
+
+@hookimpl
+def easi3r_reweight_policies() -> dict[str, Any]:
+    return {
+        "zero_dynamic_keys": _lazy("reweight", "zero_dynamic_keys"),
+        "post_softmax_oracle": _lazy("reweight", "post_softmax_oracle"),
+    }
+
+
+@hookimpl
+def easi3r_aligners() -> dict[str, Any]:
+    return {"none": _lazy("aligners", "NoAligner")}
+
+
+@hookimpl
+def easi3r_exporters() -> dict[str, Any]:
+    return {
+        "masks": _lazy("exporters", "MaskExporter"),
+        "maps": _lazy("exporters", "MapExporter"),
+        "overlays": _lazy("exporters", "OverlayExporter"),
+    }
+
+
+@hookimpl
+def easi3r_schema_fragments() -> dict[str, dict]:
+    text = resources.files("easi3r.configs").joinpath("strategies.schema.json").read_text()
+    return {key: value for key, value in json.loads(text).items() if not key.startswith("$")}

@@ -1,0 +1,36 @@
+"""Shared fixtures: the golden reference outputs and the tiny backbone built from the golden weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from .helpers import GOLDEN_NET
+
+
+@pytest.fixture(scope="session")
+def golden() -> dict:
+    return load_file(GOLDEN_NET / "reference.safetensors")
+
+
+@pytest.fixture(scope="session")
+def golden_info() -> dict:
+    return json.loads((GOLDEN_NET / "info.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def golden_model():
+    """The golden checkpoint (official .pth layout), loaded the way a user's checkpoint is loaded."""
+    from easi3r.backends.checkpoint import load_model
+
+    model, _ = load_model(GOLDEN_NET / "weights.pth")
+    return model
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
