@@ -31,13 +31,16 @@ import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from easi3r.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from easi3r.backends.croco import CroCoStereo
 
 # Class names a stored constructor string may call; each is built as CroCoStereo.
 ALLOWED_CONSTRUCTORS = frozenset({"AsymmetricCroCo3DStereo"})
@@ -215,7 +218,7 @@ def _read_torch_file(
     except EOFError:
         raise CheckpointError(f"checkpoint {path} is truncated: the file ends inside its data") from None
     except Exception as exc:  # any other failure to decode an untrusted file is a bad file, not a bug
-        raise CheckpointError(f"checkpoint {path} is corrupt: {_first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_first_line(exc)}") from None
     state_dict, stored = _unpack(obj, path)
     if stored is not None:
         try:
@@ -244,6 +247,9 @@ def _sniff_torch_file(path: Path) -> bool:
             raise CheckpointError(
                 f"checkpoint {path} is a zip archive but not a PyTorch checkpoint (no data.pkl)"
             )
+        # torch's safe loader refuses scripted modules with advice to drop weights_only
+        if any(name.endswith("/constants.pkl") for name in names):
+            raise CheckpointError(f"checkpoint {path} is a TorchScript module, not a checkpoint of weights")
         return True
     if head[0] != 0x80:  # the protocol marker that starts every pickle, hence every legacy torch file
         raise CheckpointError(
@@ -434,7 +440,7 @@ def build_model(
     *,
     device: str | torch.device = "cpu",
     source: str | os.PathLike[str] | None = None,
-) -> nn.Module:
+) -> CroCoStereo:
     """Construct ``CroCoStereo(**kwargs)`` on ``device``, load ``state_dict`` strictly, return it in eval mode.
 
     Keys and shapes are checked (after :func:`filter_state_dict`) before any memory is allocated; a
@@ -457,8 +463,9 @@ def build_model(
 
 def _fit(
     kwargs: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str | os.PathLike[str] | None
-) -> tuple[nn.Module, dict[str, Tensor]]:
+) -> tuple[CroCoStereo, dict[str, Tensor]]:
     """(the network on the meta device, the filtered state dict), once every key and shape matches."""
+    # imported on use, so that reading and converting checkpoints does not load the network code
     from easi3r.backends.croco import CroCoStereo
 
     where = f"checkpoint {source}" if source is not None else "checkpoint"
@@ -504,7 +511,7 @@ def load_model(
     device: str | torch.device = "cpu",
     constructor: str | Mapping[str, Any] | None = None,
     extra_safe_globals: Iterable[Any] = (),
-) -> tuple[nn.Module, dict[str, Any]]:
+) -> tuple[CroCoStereo, dict[str, Any]]:
     """:func:`load_checkpoint` then :func:`build_model` → ``(model in eval mode, constructor kwargs)``."""
     kwargs, state_dict = load_checkpoint(
         source, constructor=constructor, extra_safe_globals=extra_safe_globals

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from easi3r.attention import pixel_to_token_masks
@@ -23,10 +23,8 @@ from easi3r.backbone import Backbone
 from easi3r.pairs import make_pairs
 from easi3r.plugins import get_plugin_manager, registry
 from easi3r.progress import progress_bar
+from easi3r.recipes import create_strategy
 from easi3r.types import DynamicMasks, Encoded, Frames, PairOutputs
-
-# recipe keys the core consumes itself; the rest of a section goes to the strategy's factory
-_CORE_KEYS = {"reweight": ("decoders", "layers")}
 
 
 @dataclass
@@ -40,27 +38,22 @@ class Stages:
     threshold: Callable
     reweight: Any
     aligner: Callable
-    exporters: dict[str, Callable]
 
     @classmethod
     def from_recipe(cls, recipe: DictConfig) -> Stages:
-        def create(kind: str, section: str) -> Any:
-            params = OmegaConf.to_container(recipe[section], resolve=True)
-            for key in _CORE_KEYS.get(section, ()):
-                params.pop(key, None)
-            return registry(kind).create(params)
-
-        exporters = {name: registry("exporters").create({"name": name}) for name in recipe.export.exporters}
         return cls(
-            backbone=create("backbones", "backbone"),
-            capture=create("capture_strategies", "capture"),
-            rule=create("mask_rules", "rule"),
-            refiner=create("refiners", "refine"),
-            threshold=create("thresholds", "threshold"),
-            reweight=create("reweight_policies", "reweight"),
-            aligner=create("aligners", "align"),
-            exporters=exporters,
+            backbone=create_strategy(recipe, "backbone"),
+            capture=create_strategy(recipe, "capture"),
+            rule=create_strategy(recipe, "rule"),
+            refiner=create_strategy(recipe, "refine"),
+            threshold=create_strategy(recipe, "threshold"),
+            reweight=create_strategy(recipe, "reweight"),
+            aligner=create_strategy(recipe, "align"),
         )
+
+    @staticmethod
+    def exporters_from_recipe(recipe: DictConfig) -> dict[str, Callable]:
+        return {name: registry("exporters").create({"name": name}) for name in recipe.export.exporters}
 
 
 @dataclass

@@ -218,7 +218,9 @@ def _camera_pose(t: float, motion: str, room: float) -> np.ndarray:
     if motion == "orbit":
         angle = math.radians(-35 + 70 * t)
         radius = 0.3 * room
-        position = np.array([radius * math.sin(angle), -0.02 * room * math.sin(math.pi * t), -radius * math.cos(angle)])
+        position = np.array(
+            [radius * math.sin(angle), -0.02 * room * math.sin(math.pi * t), -radius * math.cos(angle)]
+        )
         target = np.array([0.05 * room * math.sin(2 * math.pi * t), 0.03 * room, 0.0])
     else:
         position = np.array([0.06 * room * math.sin(math.pi * t), 0.0, -0.45 * room + 0.2 * room * t])
@@ -229,7 +231,9 @@ def _camera_pose(t: float, motion: str, room: float) -> np.ndarray:
 def _random_object(index: int, rng: np.random.Generator, room: float) -> MovingObject:
     kind = "sphere" if index % 2 == 0 else "box"
     scale = room / 8
-    size = np.array([rng.uniform(0.25, 0.45)]) * scale if kind == "sphere" else rng.uniform(0.2, 0.4, 3) * scale
+    size = (
+        np.array([rng.uniform(0.25, 0.45)]) * scale if kind == "sphere" else rng.uniform(0.2, 0.4, 3) * scale
+    )
     start = np.array([rng.uniform(-1.2, 1.2), rng.uniform(0.0, 0.6), rng.uniform(-0.5, 1.5)]) * scale
     velocity = np.array([rng.uniform(-1, 1), 0.0, rng.uniform(-0.6, 0.6)]) * scale
     wobble = np.array([0.0, rng.uniform(-0.2, 0.2), 0.0]) * scale
@@ -276,7 +280,11 @@ def _trace(
         # intersect in the object's own frame, where a box is axis-aligned
         o_local = (origin - centre) @ rot
         d_local = dirs @ rot
-        s = _sphere_hit(o_local, d_local, obj.size[0]) if obj.kind == "sphere" else _box_hit(o_local, d_local, obj.size)
+        s = (
+            _sphere_hit(o_local, d_local, obj.size[0])
+            if obj.kind == "sphere"
+            else _box_hit(o_local, d_local, obj.size)
+        )
         closer = s < best
         best = np.where(closer, s, best)
         colour[closer] = _object_texture(obj, o_local + s[closer, None] * d_local[closer])

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
+import pickle
 import sys
 import types
+import zipfile
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -46,7 +48,13 @@ DUST3R_224_LINEAR = (
 MONST3R = DUST3R_512_DPT[:-1] + ", freeze='encoder')"
 # smallest network with a DPT head (it needs more than 9 decoder layers), for the aliased convolutions
 TINY_DPT = dict(
-    head_type="dpt", enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=48, dec_depth=12, dec_num_heads=3
+    head_type="dpt",
+    enc_embed_dim=64,
+    enc_depth=2,
+    enc_num_heads=2,
+    dec_embed_dim=48,
+    dec_depth=12,
+    dec_num_heads=3,
 )
 
 
@@ -54,7 +62,9 @@ class Marker:
     """A class torch's safe loader does not know, for the allow-list tests."""
 
 
+@cache
 def golden() -> tuple[argparse.Namespace, dict[str, torch.Tensor]]:
+    """The golden checkpoint's contents, read directly (callers must not modify them)."""
     with torch.serialization.safe_globals([argparse.Namespace]):
         ckpt = torch.load(GOLDEN_PTH, map_location="cpu", weights_only=True)
     return ckpt["args"], ckpt["model"]
@@ -77,7 +87,9 @@ def assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, tor
 def tiny_dpt_pth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An official-layout .pth of the tiny DPT network (state_dict() holds both alias names)."""
     model = CroCoStereo(**TINY_DPT)
-    args = argparse.Namespace(model="AsymmetricCroCo3DStereo(" + ", ".join(f"{k}={v!r}" for k, v in TINY_DPT.items()) + ")")
+    args = argparse.Namespace(
+        model="AsymmetricCroCo3DStereo(" + ", ".join(f"{k}={v!r}" for k, v in TINY_DPT.items()) + ")"
+    )
     path = tmp_path_factory.mktemp("dpt") / "tiny_dpt.pth"
     torch.save({"args": args, "model": model.state_dict()}, path)
     return path
@@ -115,7 +127,11 @@ def test_vitl_512_dpt_has_exactly_the_official_keys_and_shapes() -> None:
 # --- the constructor parser -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", [DUST3R_512_DPT, DUST3R_512_LINEAR, DUST3R_224_LINEAR, MONST3R])
+@pytest.mark.parametrize(
+    "text",
+    [DUST3R_512_DPT, DUST3R_512_LINEAR, DUST3R_224_LINEAR, MONST3R],
+    ids=["dust3r_512_dpt", "dust3r_512_linear", "dust3r_224_linear", "monst3r"],
+)
 def test_parser_accepts_the_official_constructors(text: str) -> None:
     name, kwargs = parse_constructor(text)
     assert name == "AsymmetricCroCo3DStereo"
@@ -163,7 +179,9 @@ def test_parser_rejects_code(text: str, fragment: str) -> None:
 
 def test_bad_constructor_string_in_a_checkpoint_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "evil_args.pth"
-    torch.save({"args": argparse.Namespace(model="AsymmetricCroCo3DStereo(a=os.system)"), "model": golden()[1]}, path)
+    torch.save(
+        {"args": argparse.Namespace(model="AsymmetricCroCo3DStereo(a=os.system)"), "model": golden()[1]}, path
+    )
     with pytest.raises(CheckpointError) as excinfo:
         load_checkpoint(path)
     assert_one_line(excinfo, str(path), "args.model", "os.system")
@@ -268,7 +286,9 @@ def test_hub_id_downloads_a_hub_folder(monkeypatch: pytest.MonkeyPatch, tmp_path
         requests.append((repo_id, sorted(allow_patterns)))
         return str(hub)
 
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download))
+    monkeypatch.setitem(
+        sys.modules, "huggingface_hub", types.SimpleNamespace(snapshot_download=snapshot_download)
+    )
     kwargs, _ = load_checkpoint("someone/tiny_model")
     assert kwargs == GOLDEN_KWARGS
     assert requests == [("someone/tiny_model", ["config.json", "model.safetensors"])]
@@ -295,11 +315,24 @@ def test_filter_state_dict_fix_ups() -> None:
 
 
 def test_missing_second_decoder_is_copied_from_the_first() -> None:
-    args, state_dict = golden()
+    _, state_dict = golden()
     one_decoder = {k: v for k, v in state_dict.items() if not k.startswith("dec_blocks2.")}
     model = build_model(GOLDEN_KWARGS, one_decoder)
-    for (name1, p1), (name2, p2) in zip(model.dec_blocks.named_parameters(), model.dec_blocks2.named_parameters()):
+    for (name1, p1), (name2, p2) in zip(
+        model.dec_blocks.named_parameters(), model.dec_blocks2.named_parameters()
+    ):
         assert name1 == name2 and torch.equal(p1, p2)
+
+
+def test_one_decoder_checkpoint_converts_with_both_decoders(tmp_path: Path) -> None:
+    args, state_dict = golden()
+    path = tmp_path / "one_decoder.pth"
+    torch.save(
+        {"args": args, "model": {k: v for k, v in state_dict.items() if "dec_blocks2." not in k}}, path
+    )
+    hub = convert_to_hub_folder(path, tmp_path / "hub")  # safetensors refuses the shared copies unless split
+    stored = load_file(hub / "model.safetensors")
+    assert torch.equal(stored["dec_blocks2.1.attn.qkv.weight"], state_dict["dec_blocks.1.attn.qkv.weight"])
 
 
 def test_ddp_prefix_is_stripped(tmp_path: Path) -> None:
@@ -328,7 +361,9 @@ def test_bare_state_dict_architecture_is_inferred(tmp_path: Path, zip_format: bo
 
 def test_dpt_architecture_is_inferred_from_safetensors(tiny_dpt_pth: Path, tmp_path: Path) -> None:
     hub = convert_to_hub_folder(tiny_dpt_pth, tmp_path / "hub")
-    kwargs, state_dict = load_checkpoint(hub / "model.safetensors", constructor={"enc_num_heads": 2, "dec_num_heads": 3})
+    kwargs, state_dict = load_checkpoint(
+        hub / "model.safetensors", constructor={"enc_num_heads": 2, "dec_num_heads": 3}
+    )
     assert kwargs["head_type"] == "dpt" and kwargs["dec_depth"] == 12
     build_model(kwargs, state_dict)
 
@@ -357,6 +392,8 @@ def test_truncated_file(tmp_path: Path) -> None:
     assert_one_line(excinfo, str(legacy), "truncated")
 
 
+# torch warns about the protocol of a plain pickle before refusing it
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
@@ -367,33 +404,29 @@ def test_truncated_file(tmp_path: Path) -> None:
         ("pickle", "not a PyTorch checkpoint"),
         ("list", "holds a list"),
         ("strings", "not a state dict"),
+        ("torchscript", "TorchScript module"),
     ],
 )
 def test_not_a_checkpoint(tmp_path: Path, content: bytes | str, fragment: str) -> None:
     path = tmp_path / "file.pth"
     if content == "zip":
-        import zipfile
-
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("readme.txt", "hello")
     elif content == "pickle":
-        import pickle
-
         path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
     elif content == "list":
         torch.save([torch.zeros(1)], path)
     elif content == "strings":
         torch.save({"model": {"w": "not a tensor"}}, path)
+    elif content == "torchscript":  # the layout torch.jit.save writes (torch.jit itself is deprecated)
+        with zipfile.ZipFile(path, "w") as archive:
+            for name in ("data.pkl", "constants.pkl", "code/__torch__.py"):
+                archive.writestr(f"archive/{name}", "")
     else:
         path.write_bytes(content)
-    with pytest.raises(CheckpointError) as excinfo, warnings_ignored():
+    with pytest.raises(CheckpointError) as excinfo:
         load_checkpoint(path)
     assert_one_line(excinfo, str(path), fragment)
-
-
-def warnings_ignored():
-    """torch warns about the pickle protocol of a plain pickle before refusing it."""
-    return pytest.warns(UserWarning) if False else _quiet()
 
 
 # --- architecture mismatches ------------------------------------------------------------------------
@@ -413,31 +446,14 @@ def test_wrong_architecture_names_the_first_missing_and_unexpected_key() -> None
     )
     with pytest.raises(CheckpointError) as excinfo:
         build_model({**GOLDEN_KWARGS, "enc_depth": 4}, state_dict, source="mine.pth")
-    assert_one_line(excinfo, "enc_depth=4", "12 missing keys (first: enc_blocks.3.norm1.weight), 0 unexpected")
+    assert_one_line(
+        excinfo, "enc_depth=4", "12 missing keys (first: enc_blocks.3.norm1.weight), 0 unexpected"
+    )
 
 
 def test_wrong_width_names_the_key_and_both_shapes() -> None:
-    _, state_dict = golden()
     with pytest.raises(CheckpointError) as excinfo:
         load_model(GOLDEN_PTH, constructor={"dec_embed_dim": 48})
-    assert_one_line(excinfo, str(GOLDEN_PTH), "mask_token has shape 1x1x96 in the checkpoint, 1x1x48 in the network")
-
-
-def _quiet():
-    import warnings
-
-    manager = warnings.catch_warnings()
-    manager.__enter__()
-    warnings.simplefilter("ignore", UserWarning)
-
-    class _Exit:
-        def __enter__(self):
-            return None
-
-        def __exit__(self, *exc):
-            return manager.__exit__(*exc)
-
-    return _Exit()
-
-
-assert os  # noqa: this line is removed below
+    assert_one_line(
+        excinfo, str(GOLDEN_PTH), "mask_token has shape 1x1x96 in the checkpoint, 1x1x48 in the network"
+    )

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from easi3r.strategies.refine import KMeansRefiner, NoRefiner, per_frame_minmax
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
+
+from easi3r.strategies.refine import KMeansRefiner, NoRefiner, per_frame_minmax
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "net" / "reference.safetensors"
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from easi3r.strategies.aggregate import frame_maps
-from easi3r.strategies.refine import KMeansRefiner, per_frame_minmax
-from easi3r.strategies.threshold import AdaptiveMultiOtsu, Fixed, Otsu, masks_from_map, upsample_map
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
+from easi3r.strategies.aggregate import frame_maps
+from easi3r.strategies.refine import KMeansRefiner, per_frame_minmax
+from easi3r.strategies.threshold import AdaptiveMultiOtsu, Fixed, Otsu, masks_from_map, upsample_map
 from easi3r.types import PairAttention
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "net" / "reference.safetensors"

@@ -1,0 +1,147 @@
+"""The ``easi3r`` command.
+
+    easi3r run FRAMES_OR_VIDEO [--recipe NAME] -o OUT [--checkpoint PATH] [key=value ...]
+    easi3r demo [-o OUT]
+    easi3r plugins | recipes [NAME] | validate RECIPE [key=value ...] | convert SRC.pth DST_DIR
+
+A problem with the user's input is printed as one line (``easi3r: error: ...``) with exit status 2;
+nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from easi3r import __version__
+from easi3r.errors import Easi3RError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from easi3r.api import run
+
+    overrides = list(args.overrides)
+    if args.checkpoint is not None:
+        overrides.append(f"backbone.checkpoint={args.checkpoint}")
+    if args.device is not None:
+        overrides.append(f"backbone.device={args.device}")
+    if args.save_intermediates:
+        overrides.append("export.save_intermediates=true")
+    sources = args.source[0] if len(args.source) == 1 else args.source
+    result = run(sources, args.recipe, args.out, overrides, overwrite=args.overwrite)
+    masks = result.masks
+    summary = f"{len(result.frames)} frames, {len(result.pairs)} pairs"
+    if masks is not None:
+        summary += f", dynamic pixels {100 * masks.masks.float().mean():.1f}%"
+    print(f"easi3r: wrote {args.out} ({summary})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from easi3r.demo import run_demo
+
+    run_demo(Path(args.out), overwrite=args.overwrite)
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from easi3r.plugins import describe_plugins
+
+    for plugin in describe_plugins():
+        provides = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in plugin["provides"].items())
+        print(f"{plugin['name']}  ({plugin['distribution']} {plugin['version']})  {plugin['status']}")
+        if provides:
+            print(f"    {provides}")
+    return 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from easi3r.recipes import available_recipes, load_recipe
+
+    if args.name is None:
+        for name, path in available_recipes().items():
+            print(f"{name:24s} {path}")
+        return 0
+    from omegaconf import OmegaConf
+
+    print(OmegaConf.to_yaml(load_recipe(args.name)), end="")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from easi3r.recipes import load_recipe, validate_recipe
+
+    validate_recipe(load_recipe(args.recipe, args.overrides))
+    print(f"easi3r: recipe {args.recipe} is valid")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from easi3r.backends.checkpoint import convert_to_hub_folder
+
+    convert_to_hub_folder(args.src, args.dst)
+    print(f"easi3r: wrote {args.dst}/config.json and {args.dst}/model.safetensors")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="easi3r", description="Dynamic masks, poses and 4D point clouds from DUSt3R/MonST3R attention."
+    )
+    parser.add_argument("--version", action="version", version=f"easi3r {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a recipe on frames (a folder, image files or a video)")
+    run.add_argument("source", nargs="+", help="folder of frames, image files, or a video file")
+    run.add_argument("--recipe", "-r", default="easi3r_dust3r", help="recipe name or YAML path")
+    run.add_argument("--out", "-o", required=True, help="output folder (written only when the run succeeds)")
+    run.add_argument("--checkpoint", help="DUSt3R/MonST3R checkpoint (.pth, hub folder or hub id)")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides backbone.device")
+    run.add_argument("--save-intermediates", action="store_true", help="write intermediates.safetensors")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    run.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="recipe overrides")
+    run.set_defaults(func=_run)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on a generated clip with the bundled tiny model")
+    demo.add_argument("--out", "-o", default="easi3r-demo", help="output folder")
+    demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    demo.set_defaults(func=_demo)
+
+    sub.add_parser("plugins", help="list installed plug-ins and what they provide").set_defaults(
+        func=_plugins
+    )
+
+    recipes = sub.add_parser("recipes", help="list recipes, or show one resolved")
+    recipes.add_argument("name", nargs="?")
+    recipes.set_defaults(func=_recipes)
+
+    validate = sub.add_parser("validate", help="check a recipe (and overrides) without running it")
+    validate.add_argument("recipe")
+    validate.add_argument("overrides", nargs="*", default=[], metavar="key=value")
+    validate.set_defaults(func=_validate)
+
+    convert = sub.add_parser(
+        "convert", help="convert an official .pth checkpoint to config.json + model.safetensors"
+    )
+    convert.add_argument("src")
+    convert.add_argument("dst")
+    convert.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Easi3RError as exc:
+        print(f"easi3r: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("easi3r: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,405 @@
+"""Recipes: YAML files composed with OmegaConf and checked with JSON Schema.
+
+Composition, in order: the recipe (a name, looked up as ``<name>.yaml`` in :func:`recipe_dirs`, or a
+path) → its ``extends:`` chain, merged base first → command-line ``key=value`` overrides. A recipe names
+registered plug-ins, never import paths.
+
+Strategy sections (``backbone``, ``capture``, ``rule``, ``refine``, ``threshold``, ``reweight``, ``align``)
+are ``{name: X, **params}``. The params belong to the strategy ``X``: when an ``extends`` child or a
+``<section>.name=`` override names a *different* strategy, the section keeps only ``name`` and its core
+keys, so e.g. ``refine.name=none`` does not leave k-means' ``k`` behind. Core keys are the keys the core
+schema (``configs/schema.json``) types inside a strategy section:
+
+* ``backbone``: ``checkpoint``, ``device``, ``precision``, ``batch_size`` — typed by the core, passed on to
+  the backbone factory with the rest of the section (the hookspec hands it the whole section);
+* ``reweight``: ``decoders``, ``layers`` — read by the core (:class:`easi3r.attention.Reweighting`) and
+  stripped before the policy factory is called (:data:`CONSUMED_KEYS`).
+
+All other sections (``frames``, ``pairs``, ``maps``, ``passes``, ``export``, ``seed``) belong to the core.
+
+Validation (:func:`validate_recipe`): the core schema checks the structure; each chosen name must be
+registered; then the section's params (without ``name`` and core keys) are validated by the fragment
+``"<section>/<name>"`` that the providing plug-in ships (``easi3r_schema_fragments``). A fragment that does
+not set ``additionalProperties`` is treated as closed. A registered strategy without a fragment takes no
+parameters: any extra key is rejected. With ``check_names=False`` (no plug-ins installed) names are not
+looked up and a section whose name has no fragment is checked by the core schema only.
+
+Every problem is one :class:`RecipeError` line naming the key and the fix. In the schema, the
+``description`` of a key validated by ``pattern``/``anyOf``/``oneOf`` is phrased to complete
+"must be …", because that is how such errors are reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jsonschema
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from easi3r.errors import PluginError, RecipeError
+from easi3r.plugins import (
+    BUILTIN_RECIPE_DIR,
+    KINDS,
+    did_you_mean,
+    one_line,
+    recipe_dirs,
+    registry,
+    schema_fragments,
+)
+
+# Recipe section → registry kind of the strategy it names (``export.exporters`` lists exporters).
+SECTION_KINDS: dict[str, str] = {kind.section: name for name, kind in KINDS.items() if name != "exporters"}
+
+# Core keys the core reads itself; they never reach the strategy factory.
+CONSUMED_KEYS: dict[str, tuple[str, ...]] = {"reweight": ("decoders", "layers")}
+
+CORE_SCHEMA_PATH = BUILTIN_RECIPE_DIR / "schema.json"
+
+_ABSENT = object()
+
+
+@functools.cache
+def core_schema() -> dict[str, Any]:
+    """The core recipe schema, ``configs/schema.json``."""
+    return json.loads(CORE_SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _core_validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(core_schema())
+
+
+@functools.cache
+def core_keys(section: str) -> tuple[str, ...]:
+    """Keys of a strategy section typed by the core schema: they survive a change of ``name``."""
+    node = core_schema()["properties"][section]
+    if "$ref" in node:  # plain strategy sections share "#/$defs/strategy"
+        node = core_schema()["$defs"][node["$ref"].rsplit("/", 1)[1]]
+    return tuple(key for key in node.get("properties", {}) if key != "name")
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+def available_recipes() -> dict[str, Path]:
+    """``{name: file}`` of every ``*.yaml`` in :func:`recipe_dirs`; the first folder wins a clash."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs():
+        for path in sorted(folder.glob("*.yaml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a recipe: file, its ``extends`` chain, then ``key=value`` overrides (not yet validated).
+
+    ``name_or_path`` is a path when it ends in ``.yaml``/``.yml`` or contains a ``/``; otherwise a name.
+    Override values are read as YAML (``refine.k=32``, ``reweight.layers=[0,1]``, ``backbone.checkpoint=null``);
+    a key must exist in the recipe, or be a parameter the section's strategy declares in its fragment.
+    """
+    cfg = _load_chain(_locate(name_or_path, Path.cwd()), ())
+    _apply_overrides(cfg, overrides)
+    return cfg
+
+
+def _is_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) or "/" in ref
+
+
+def _locate(ref: str, base_dir: Path) -> Path:
+    if not _is_path(ref):
+        recipes = available_recipes()
+        if ref not in recipes:
+            raise RecipeError(
+                f"unknown recipe '{ref}'; available: {', '.join(sorted(recipes)) or '(none)'}"
+                f"{did_you_mean(ref, recipes)}"
+            )
+        return recipes[ref]
+    path = Path(ref).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        raise RecipeError(f"recipe file '{path}' does not exist")
+    return path
+
+
+def _read(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise RecipeError(f"{path}{line}: invalid YAML: {exc.problem or exc.context}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: invalid YAML: {one_line(exc)}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, not a list")
+    return cfg
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...]) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(p.name for p in (*seen, path))
+        raise RecipeError(f"recipe 'extends' cycle: {chain}")
+    cfg = _read(path)
+    parent = cfg.pop("extends", None)
+    if parent is None:
+        return cfg
+    if not isinstance(parent, str):
+        raise RecipeError(f"{path}: 'extends' must be a recipe name or a relative path, got {parent!r}")
+    base = _load_chain(_locate(parent, path.parent), (*seen, path))
+    _drop_switched_params(base, child=cfg)
+    try:
+        return OmegaConf.merge(base, cfg)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(
+            f"{path}: key '{exc.full_key}' does not fit its base recipe: {_first_line(exc)}"
+        ) from exc
+
+
+def _drop_switched_params(base: DictConfig, child: DictConfig) -> None:
+    # Parameters mean something only to the strategy they were written for.
+    for section in SECTION_KINDS:
+        old, new = base.get(section), child.get(section)
+        if (
+            isinstance(old, DictConfig)
+            and isinstance(new, DictConfig)
+            and "name" in new
+            and new.get("name") != old.get("name")
+        ):
+            base[section] = OmegaConf.masked_copy(old, list(core_keys(section)))
+
+
+class _Override(NamedTuple):
+    text: str
+    key: str
+    value: Any
+
+
+def _parse_override(text: str) -> _Override:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not all(key.split(".")):
+        raise RecipeError(f"malformed override '{text}'; expected key=value, e.g. refine.k=32")
+    try:
+        # OmegaConf's own YAML reading, so a value reads as it would in a recipe file (1e-3 is a float).
+        value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or one_line(exc)
+        raise RecipeError(f"cannot read the value of override '{text}': {problem}; quote it") from exc
+    return _Override(text, key, value)
+
+
+def _is_strategy_name(key: str) -> bool:
+    section, _, rest = key.partition(".")
+    return section in SECTION_KINDS and rest == "name"
+
+
+def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    parsed = [_parse_override(text) for text in overrides]
+    # Strategy switches first: they reset their section, and the new strategy's parameters given on the
+    # same command line must land on the fresh section whatever their order.
+    for override in sorted(parsed, key=lambda o: not _is_strategy_name(o.key)):
+        _check_override_key(cfg, override)
+        if _is_strategy_name(override.key):
+            section = override.key.partition(".")[0]
+            if cfg[section].get("name") != override.value:
+                cfg[section] = OmegaConf.masked_copy(cfg[section], list(core_keys(section)))
+        try:
+            OmegaConf.update(cfg, override.key, override.value, merge=False)
+        except OmegaConfBaseException as exc:
+            raise RecipeError(f"cannot apply override '{override.text}': {_first_line(exc)}") from exc
+
+
+def _check_override_key(cfg: DictConfig, override: _Override) -> None:
+    if OmegaConf.select(cfg, override.key, default=_ABSENT, throw_on_resolution_failure=False) is not _ABSENT:
+        return
+    section, _, param = override.key.partition(".")
+    strategy = cfg.get(section) if section in SECTION_KINDS and "." not in param else None
+    if isinstance(strategy, DictConfig) and (
+        param == "name" or param in _fragment_params(section, strategy.get("name"))
+    ):
+        return
+    candidates = _key_paths(OmegaConf.to_container(cfg))
+    for strategy_section in SECTION_KINDS:
+        if isinstance(cfg.get(strategy_section), DictConfig):
+            name = cfg[strategy_section].get("name")
+            candidates += [f"{strategy_section}.{p}" for p in _fragment_params(strategy_section, name)]
+    raise RecipeError(
+        f"unknown key '{override.key}' in override '{override.text}'{_closest_key(override.key, candidates)}"
+    )
+
+
+def _closest_key(key: str, candidates: list[str]) -> str:
+    # A misspelt leaf is compared with its siblings only; a misspelt section with every key.
+    parent, _, leaf = key.rpartition(".")
+    siblings = [c.rpartition(".")[2] for c in candidates if c.rpartition(".")[0] == parent]
+    if siblings:
+        return did_you_mean(leaf, siblings, prefix=f"{parent}." if parent else "")
+    return did_you_mean(key, candidates)
+
+
+def _fragment_params(section: str, name: object) -> list[str]:
+    return list(schema_fragments().get(f"{section}/{name}", {}).get("properties", {}))
+
+
+def _key_paths(node: object, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    paths = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        paths += [path, *_key_paths(value, f"{path}.")]
+    return paths
+
+
+def _first_line(exc: Exception) -> str:
+    # OmegaConf appends "full_key: …, object_type=…" lines to its messages; the key is named separately.
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+def validate_recipe(cfg: DictConfig, *, check_names: bool = True) -> None:
+    """Raise a one-line :class:`RecipeError` for the first problem of a composed recipe.
+
+    ``check_names=False`` skips the registry look-ups (for tests without plug-ins).
+    """
+    data = _resolved(cfg)
+    _raise_first(_core_validator().iter_errors(data), prefix=())
+    if check_names:
+        for section, kind in SECTION_KINDS.items():
+            _check_name(kind, data[section]["name"], f"{section}.name")
+        for i, name in enumerate(data["export"]["exporters"]):
+            _check_name("exporters", name, f"export.exporters[{i}]")
+    fragments = schema_fragments()
+    for section in SECTION_KINDS:
+        _check_params(section, data[section], fragments, check_names)
+
+
+def _resolved(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as exc:
+        raise RecipeError(
+            f"recipe key '{exc.full_key}' has no value ('???'); set it, e.g. {exc.full_key}=…"
+        ) from exc
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"recipe key '{exc.full_key}' cannot be resolved: {_first_line(exc)}") from exc
+
+
+def _check_name(kind: str, name: str, key: str) -> None:
+    known = registry(kind)  # a broken plug-in is a PluginError of its own, not a recipe problem
+    try:
+        known.get(name)
+    except PluginError as exc:
+        raise RecipeError(f"recipe key '{key}': {exc}") from None
+
+
+def _check_params(section: str, body: dict[str, Any], fragments: dict[str, dict], check_names: bool) -> None:
+    name = body["name"]
+    params = {k: v for k, v in body.items() if k != "name" and k not in core_keys(section)}
+    fragment = fragments.get(f"{section}/{name}")
+    if fragment is None:
+        if params and check_names:
+            label = KINDS[SECTION_KINDS[section]].label
+            raise RecipeError(
+                f"recipe key '{section}.{sorted(params)[0]}' is not allowed: {label} '{name}' takes no "
+                f"parameters (no schema fragment '{section}/{name}' is installed)"
+            )
+        return
+    closed = {"additionalProperties": False, **fragment}
+    errors = jsonschema.Draft202012Validator(closed).iter_errors(params)
+    _raise_first(errors, prefix=(section,), also_allowed=core_keys(section))
+
+
+def _raise_first(
+    errors: Iterable[jsonschema.ValidationError], prefix: tuple[str, ...], also_allowed: Sequence[str] = ()
+) -> None:
+    # jsonschema's relevance prefers the shallowest error, i.e. the one closest to the user's mistake;
+    # best_match would also descend into anyOf branches, whose messages do not describe the whole rule.
+    best = max(errors, key=jsonschema.exceptions.relevance, default=None)
+    if best is not None:
+        raise RecipeError(_describe(best, prefix, also_allowed))
+
+
+_BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+
+
+def _describe(error: jsonschema.ValidationError, prefix: tuple[str, ...], also_allowed: Sequence[str]) -> str:
+    path = [*prefix, *error.absolute_path]
+    rule, value, schema = error.validator_value, error.instance, error.schema
+    if error.validator == "additionalProperties":
+        allowed = [*schema.get("properties", {}), *also_allowed]
+        extras = sorted(k for k in value if k not in allowed)
+        if not extras:  # the fragment uses patternProperties: its own message says more than we can
+            return f"recipe key '{_key_path(path)}' is invalid: {one_line(error.message)}"
+        extra = _key_path([*path, extras[0]])
+        hint = did_you_mean(extras[0], allowed, prefix=f"{_key_path(path)}." if path else "")
+        return f"recipe key '{extra}' is not allowed{hint or '; allowed: ' + (', '.join(allowed) or 'none')}"
+    if error.validator == "required":
+        missing = _key_path([*path, next(k for k in rule if k not in value)])
+        fix = "add it" if path else "add it, or start the recipe with 'extends: easi3r_dust3r'"
+        return f"recipe key '{missing}' is required but missing; {fix}"
+    subject = f"recipe key '{_key_path(path)}'" if path else "the recipe"
+    got = f", got {_show(value)}"
+    if error.validator == "type":
+        return f"{subject} must be {' or '.join(rule) if isinstance(rule, list) else rule}{got}"
+    if error.validator == "enum":
+        hint = did_you_mean(value, [str(v) for v in rule]) if isinstance(value, str) else ""
+        return f"{subject} must be one of {', '.join(_plain(v) for v in rule)}{got}{hint}"
+    if error.validator in _BOUNDS:
+        return f"{subject} must be {_BOUNDS[error.validator]} {rule}{got}"
+    if error.validator in ("pattern", "anyOf", "oneOf", "const") and "description" in schema:
+        return f"{subject} must be {schema['description']}{got}"
+    return f"{subject} is invalid: {one_line(error.message)}"
+
+
+def _key_path(parts: Iterable[object]) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _plain(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _show(value: object) -> str:
+    return f"'{value}'" if isinstance(value, str) else json.dumps(value)
+
+
+# --- use -------------------------------------------------------------------------------------------
+
+
+def create_strategy(cfg: DictConfig, section: str) -> Any:
+    """Build the strategy a section names: ``factory(**params)`` without ``name`` and consumed core keys."""
+    if section not in SECTION_KINDS:
+        raise ValueError(f"{section!r} is not a strategy section; sections: {', '.join(SECTION_KINDS)}")
+    body = OmegaConf.to_container(cfg[section], resolve=True)
+    params = {k: v for k, v in body.items() if k not in CONSUMED_KEYS.get(section, ())}
+    return registry(SECTION_KINDS[section]).create(params, key=section)
+
+
+def resolved_recipe_yaml(cfg: DictConfig) -> str:
+    """The recipe with interpolations resolved, plus a ``plugins:`` block naming the plug-in,
+    distribution and version behind every chosen strategy (written as ``run.yaml``)."""
+    data = _resolved(cfg)
+    data.pop("plugins", None)  # a run.yaml used as a recipe: describe this run's plug-ins, not the old ones
+    plugins: dict[str, Any] = {
+        section: _origin(kind, data[section]["name"]) for section, kind in SECTION_KINDS.items()
+    }
+    plugins["exporters"] = [_origin("exporters", name) for name in data["export"]["exporters"]]
+    return OmegaConf.to_yaml({**data, "plugins": plugins})
+
+
+def _origin(kind: str, name: str) -> dict[str, Any]:
+    return {"name": name, **registry(kind).provider(name)._asdict()}

@@ -1,0 +1,218 @@
+"""Small, deterministic writers and image helpers shared by the exporters.
+
+Pure functions over arrays: they know nothing about recipes or pipeline results. Images are numpy
+``uint8`` arrays, ``(H, W)`` gray or ``(H, W, 3)`` RGB (never BGR: OpenCV's channel order stays inside this
+module); maps are ``(H, W)`` floats in [0, 1]; masks are ``(H, W)`` bool. Functions that take a map or a
+mask also accept a torch tensor, so callers can pass pipeline values as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from torch import Tensor
+
+Array = np.ndarray | Tensor
+
+# overview layout, in pixels
+_GAP = 2
+_MARGIN = 6
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.45
+_BACKGROUND = 24
+_TEXT = (230, 230, 230)
+
+
+def _numpy(x: Array) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def write_png(path: str | Path, array: Array) -> Path:
+    """Write a ``uint8`` image, ``(H, W)`` gray or ``(H, W, 3)`` RGB, creating parent folders."""
+    image = _numpy(array)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise ValueError(f"expected uint8 (H, W) or (H, W, 3), got {image.dtype} {image.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image)).save(path, format="PNG")
+    return path
+
+
+def colorize(values: Array, colormap: int = cv2.COLORMAP_TURBO) -> np.ndarray:
+    """``(H, W)`` map in [0, 1] → ``(H, W, 3)`` RGB ``uint8`` with a perceptual colour map.
+
+    Out-of-range values are clipped and NaN is drawn as 0, so a degenerate map (e.g. the NaN std of a
+    frame with a single pair) still gives a picture instead of an error.
+    """
+    x = _numpy(values).astype(np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"expected an (H, W) map, got {x.shape}")
+    x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    bgr = cv2.applyColorMap(np.round(x * 255).astype(np.uint8), colormap)
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def upsample_nearest(values: Array, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of ``(NH, NW, ...)`` to ``(H, W, ...)``, so every token shows as a block.
+
+    Indexing by pixel centres (rather than ``cv2.INTER_NEAREST``, which is off by half a pixel) gives
+    exact ``H/NH × W/NW`` blocks when the sizes divide, and works for any dtype and trailing channels.
+    """
+    x = _numpy(values)
+    height, width = size
+    rows = np.minimum(((np.arange(height) + 0.5) * x.shape[0] / height).astype(np.int64), x.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * x.shape[1] / width).astype(np.int64), x.shape[1] - 1)
+    return np.ascontiguousarray(x[rows][:, cols])
+
+
+def overlay(
+    rgb: Array,
+    mask: Array,
+    color: tuple[int, int, int] = (255, 0, 64),
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Blend ``color`` over the masked pixels of ``rgb`` and outline the mask in ``color``.
+
+    The outline follows the mask's own border pixels (outer borders and hole borders), so the result
+    differs from ``rgb`` only inside the mask.
+    """
+    image, m = _numpy(rgb), _numpy(mask).astype(bool)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != m.shape:
+        raise ValueError(f"expected uint8 (H, W, 3) and an (H, W) mask, got {image.shape} and {m.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    out = image.copy()
+    tint = np.asarray(color, dtype=np.float32)
+    out[m] = np.round((1 - alpha) * image[m].astype(np.float32) + alpha * tint).astype(np.uint8)
+    # CHAIN_APPROX_NONE keeps every border pixel, so the 1-px polyline never cuts across background.
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), thickness=1)
+    return out
+
+
+def dilate(mask: Array, kernel: int) -> np.ndarray:
+    """Square ``kernel × kernel`` binary dilation (the reference's "enlarged" masks use 3); 0 or 1 = copy."""
+    m = _numpy(mask).astype(bool)
+    if kernel < 0:
+        raise ValueError(f"kernel must be >= 0, got {kernel}")
+    if kernel <= 1:
+        return m.copy()
+    return cv2.dilate(m.astype(np.uint8), np.ones((kernel, kernel), np.uint8)).astype(bool)
+
+
+def spread_indices(count: int, at_most: int) -> list[int]:
+    """At most ``at_most`` evenly spaced indices into ``range(count)``, first and last included."""
+    if count <= at_most:
+        return list(range(count))
+    return [int(i) for i in np.linspace(0, count - 1, at_most).round()]
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
+
+
+def _thumbnail(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    image = _rgb(image)
+    if image.shape[:2] == (height, width):
+        return image
+    # area averaging when shrinking avoids aliasing; nearest when enlarging keeps token blocks sharp
+    shrink = width < image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
+
+
+def overview(
+    rows: Sequence[tuple[str, Sequence[np.ndarray]]],
+    *,
+    column_labels: Sequence[str] | None = None,
+    max_columns: int = 8,
+    thumb_width: int = 256,
+) -> np.ndarray:
+    """One labelled picture of a run: one row per named quantity, one column per frame.
+
+    Every row holds one ``uint8`` image (gray or RGB) per frame, all rows the same number. Long videos
+    show at most ``max_columns`` evenly spaced frames; thumbnails are at most ``thumb_width`` wide and keep
+    the aspect ratio of the first image. Returns ``(H, W, 3)`` RGB ``uint8``.
+    """
+    if not rows or not rows[0][1]:
+        raise ValueError("overview needs at least one row with at least one image")
+    count = len(rows[0][1])
+    if any(len(images) != count for _, images in rows):
+        raise ValueError(f"every row must have {count} images, got {[len(images) for _, images in rows]}")
+    if column_labels is not None and len(column_labels) != count:
+        raise ValueError(f"expected {count} column labels, got {len(column_labels)}")
+    picked = spread_indices(count, max_columns)
+
+    height, width = rows[0][1][0].shape[:2]
+    cell_w = min(width, thumb_width)
+    cell_h = max(1, round(height * cell_w / width))
+    text_h = cv2.getTextSize("Ag", _FONT, _FONT_SCALE, 1)[0][1]
+    label_w = max(cv2.getTextSize(label, _FONT, _FONT_SCALE, 1)[0][0] for label, _ in rows) + 2 * _MARGIN
+    header_h = text_h + 2 * _MARGIN if column_labels is not None else 0
+
+    canvas = np.full(
+        (header_h + len(rows) * (cell_h + _GAP), label_w + len(picked) * (cell_w + _GAP), 3),
+        _BACKGROUND,
+        np.uint8,
+    )
+    for j, t in enumerate(picked):
+        x = label_w + j * (cell_w + _GAP)
+        if column_labels is not None:
+            cv2.putText(
+                canvas, column_labels[t], (x, header_h - _MARGIN), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA
+            )
+        for i, (_, images) in enumerate(rows):
+            y = header_h + i * (cell_h + _GAP)
+            canvas[y : y + cell_h, x : x + cell_w] = _thumbnail(_numpy(images[t]), cell_w, cell_h)
+    for i, (label, _) in enumerate(rows):
+        baseline = header_h + i * (cell_h + _GAP) + (cell_h + text_h) // 2
+        cv2.putText(canvas, label, (_MARGIN, baseline), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA)
+    return canvas
+
+
+def save_safetensors(
+    path: str | Path, tensors: Mapping[str, Array], metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save tensors or arrays as safetensors, keeping their dtypes (bool stays bool); creates parent folders."""
+    cpu = {
+        name: x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        for name, x in tensors.items()
+    }
+    # safetensors refuses tensors that share storage; copy only those, since pair predictions can be large
+    users = Counter(t.untyped_storage().data_ptr() for t in cpu.values())
+    owned = {
+        name: t.clone(memory_format=torch.contiguous_format)
+        if users[t.untyped_storage().data_ptr()] > 1
+        else t.contiguous()
+        for name, t in cpu.items()
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(owned, str(path), metadata=None if metadata is None else dict(metadata))
+    _sort_header(path)
+    return path
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors JSON header with sorted keys, in place.
+
+    safetensors serialises the metadata from a hash map, so with two or more metadata keys their order
+    (hence the file's bytes) changes from call to call. Sorting only reorders the same compact JSON, so
+    the header keeps its length and the tensor data, addressed relative to the header's end, stays put.
+    """
+    with path.open("r+b") as f:
+        length = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(length))
+        canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(canonical) > length:
+            raise RuntimeError(f"cannot canonicalise the safetensors header of {path}")
+        f.seek(8)
+        f.write(canonical.ljust(length))

@@ -1,0 +1,46 @@
+"""Hook implementations: a mask rule ``source_contrast``, its parameter schema, and a recipe folder.
+
+Keep this module light: easi3r imports it at start-up, so the rule's code runs only when it is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from easi3r import hookimpl
+
+
+def source_contrast(power: float = 1.0) -> Any:
+    """A mask rule from the source side alone: tokens that attract little and varied attention,
+    ``((1 - src_mean) * src_std) ** power``, min-max normalised per frame."""
+
+    def rule(maps: Any) -> Any:
+        score = ((1 - maps["src_mean"]) * maps["src_std"]) ** power
+        flat = score.flatten(1)
+        low = flat.min(dim=1).values[:, None, None]
+        high = flat.max(dim=1).values[:, None, None]
+        return (score - low) / (high - low + 1e-6)
+
+    return rule
+
+
+@hookimpl
+def easi3r_mask_rules() -> dict[str, Any]:
+    return {"source_contrast": source_contrast}
+
+
+@hookimpl
+def easi3r_schema_fragments() -> dict[str, dict]:
+    return {
+        "rule/source_contrast": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"power": {"type": "number", "exclusiveMinimum": 0}},
+        }
+    }
+
+
+@hookimpl
+def easi3r_recipe_dirs() -> list[Path]:
+    return [Path(__file__).parent / "recipes"]
