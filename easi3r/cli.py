@@ -11,6 +11,7 @@ nothing is left half-written.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,19 +19,29 @@ from pathlib import Path
 from easi3r import __version__
 from easi3r.errors import Easi3RError
 
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe override key=value
+
 
 def _run(args: argparse.Namespace) -> int:
     from easi3r.api import run
 
-    overrides = list(args.overrides)
+    sources = [item for item in args.items if not OVERRIDE.match(item)]
+    overrides = [item for item in args.items if OVERRIDE.match(item)]
+    if not sources:
+        raise Easi3RError("no frames given: pass a folder, image files or a video before the overrides")
     if args.checkpoint is not None:
         overrides.append(f"backbone.checkpoint={args.checkpoint}")
     if args.device is not None:
         overrides.append(f"backbone.device={args.device}")
     if args.save_intermediates:
         overrides.append("export.save_intermediates=true")
-    sources = args.source[0] if len(args.source) == 1 else args.source
-    result = run(sources, args.recipe, args.out, overrides, overwrite=args.overwrite)
+    result = run(
+        sources[0] if len(sources) == 1 else sources,
+        args.recipe,
+        args.out,
+        overrides,
+        overwrite=args.overwrite,
+    )
     masks = result.masks
     summary = f"{len(result.frames)} frames, {len(result.pairs)} pairs"
     if masks is not None:
@@ -94,14 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a recipe on frames (a folder, image files or a video)")
-    run.add_argument("source", nargs="+", help="folder of frames, image files, or a video file")
+    run.add_argument(
+        "items",
+        nargs="+",
+        metavar="SOURCE|key=value",
+        help="folder of frames, image files or a video; recipe overrides",
+    )
     run.add_argument("--recipe", "-r", default="easi3r_dust3r", help="recipe name or YAML path")
     run.add_argument("--out", "-o", required=True, help="output folder (written only when the run succeeds)")
     run.add_argument("--checkpoint", help="DUSt3R/MonST3R checkpoint (.pth, hub folder or hub id)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides backbone.device")
     run.add_argument("--save-intermediates", action="store_true", help="write intermediates.safetensors")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    run.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="recipe overrides")
     run.set_defaults(func=_run)
 
     demo = sub.add_parser("demo", help="the whole pipeline on a generated clip with the bundled tiny model")
@@ -132,7 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may follow options (``run FRAMES -o OUT refine.k=32``): collect what argparse left over
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if not OVERRIDE.match(item)]
+    if unknown or (extra and args.command not in ("run", "validate")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if args.command == "run":
+        args.items += extra
+    elif args.command == "validate":
+        args.overrides += extra
     try:
         return args.func(args)
     except Easi3RError as exc:

@@ -113,9 +113,9 @@ class AlignState:
     pair_poses: Tensor  # (P, 4, 4)
     principal_points: Tensor | None = None  # (T, 2)
 
-    def detach(self) -> AlignState:
-        """A copy with no autograd history."""
-        return AlignState(**{f.name: _detach(getattr(self, f.name)) for f in fields(self)})
+    def to(self, device: str | torch.device) -> AlignState:
+        """The same state on ``device``."""
+        return AlignState(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
 
 
 @dataclass
@@ -132,8 +132,8 @@ class Alignment:
 # --- inputs ------------------------------------------------------------------------------------------
 
 
-def _detach(x: Tensor | None) -> Tensor | None:
-    return None if x is None else x.detach().clone()
+def _to(x: Tensor | None, device: str | torch.device) -> Tensor | None:
+    return None if x is None else x.to(device)
 
 
 def _check_inputs(
@@ -191,7 +191,8 @@ def _check_geometry(preds: PairPredictions, pairs: Tensor, n_frames: int, w1: Te
         frame = int((per_frame == 0).nonzero()[0])
         raise GeometryError(f"frame {frame} has no valid pixel (confidence ≤ 1 or masked out in every pair)")
     # the spread of each pair's points along its three principal axes: two ~0 axes = a line (or a point)
-    pts = torch.cat((preds.pts3d_1, preds.pts3d_2), dim=1).flatten(1, 2).double()
+    pts = torch.cat((preds.pts3d_1, preds.pts3d_2), dim=1).flatten(1, 2)
+    pts = pts[:, :: max(1, pts.shape[1] // 4096)].double()  # a few thousand points decide it, in float64
     centred = pts - pts.mean(1, keepdim=True)
     spread = torch.linalg.svdvals(centred)
     collinear = spread[:, 1] <= 1e-6 * spread[:, 0].clamp(min=1e-300)
@@ -296,12 +297,12 @@ def init_mst(
     config = config or AlignConfig()
     pairs = torch.as_tensor(pairs, dtype=torch.int64)
     pts1, pts2, conf1, conf2 = preds.pts3d_1, preds.pts3d_2, preds.conf_1, preds.conf_2
-    n_pairs, height, width, _ = pts1.shape
+    _, height, width, _ = pts1.shape
     if im_conf is None:
         im_conf = frame_confidence(preds, pairs, n_frames)
     w1, w2 = conf1, conf2
     if static is not None:
-        w1, w2 = conf1 * static[pairs[:, 0]], conf2 * static[pairs[:, 1]]
+        w1, w2 = _static_weights(conf1, static[pairs[:, 0]]), _static_weights(conf2, static[pairs[:, 1]])
     centre = torch.tensor((width / 2, height / 2), dtype=pts1.dtype)
     pp = known_pp if known_pp is not None else centre.expand(n_frames, 2)
     edge_of = {(i, j): e for e, (i, j) in enumerate(pairs.tolist())}
@@ -392,6 +393,14 @@ def init_mst(
     if config.shared_focal and known_focals is None:
         focal_t = focal_t.mean().expand(n_frames).clone()
     return AlignState(cam2world, focal_t, depth, pair_poses, None if known_pp is None else pp.clone())
+
+
+def _static_weights(conf: Tensor, static: Tensor) -> Tensor:
+    """Registration weights restricted to static pixels, except for maps with no static pixel at all,
+    which keep all of theirs (a registration needs some weight)."""
+    weights = conf * static
+    empty = weights.flatten(1).sum(1) == 0
+    return torch.where(empty[:, None, None], conf, weights)
 
 
 def _sim3_between_cameras(src: Tensor, dst: Tensor) -> Tensor:
@@ -656,6 +665,7 @@ def global_align(
     init_state: AlignState | None = None,
     extra_loss: Callable[[GlobalAligner], Tensor] | None = None,
     progress: Progress | None = None,
+    device: str | torch.device | None = None,
 ) -> Alignment:
     """Align ordered pair predictions (view-1 frame points) into one scene.
 
@@ -665,7 +675,9 @@ def global_align(
     the pair scales are not normalised. ``init_state`` replaces the initialisation (warm start).
     ``extra_loss(aligner)`` is added to the loss each step: this is where a flow prior plugs in (the
     reference's MonST3R flow loss would be one, started at ``aligner.iteration`` ≥ 0.1·niter).
-    ``progress(step, niter, loss)`` is called after each step. Raises GeometryError on unusable input.
+    ``progress(step, niter, loss)`` is called after each step. The initialisation runs on the CPU (OpenCV);
+    the optimisation on ``device`` (default CPU); results come back on the CPU. Raises GeometryError on
+    unusable input.
     """
     config = config or AlignConfig()
     pairs = torch.as_tensor(pairs, dtype=torch.int64)
@@ -701,9 +713,11 @@ def global_align(
     aligner = GlobalAligner(
         preds, pairs, n_frames, init_state, config, masks=masks,
         known_focals=focals is not None, known_pp=pp is not None, known_poses=known_poses is not None,
-    )  # fmt: skip
+    ).to(device)  # fmt: skip
     start = aligner.state()
     losses, lrs = _optimise(aligner, extra_loss, progress)
+    aligner.cpu()
+    start = start.to("cpu")
     final = aligner.state()
     height, width = aligner.size
     scene = Scene(
