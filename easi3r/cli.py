@@ -71,6 +71,11 @@ def _plugins(args: argparse.Namespace) -> int:
 def _recipes(args: argparse.Namespace) -> int:
     from easi3r.recipes import available_recipes, load_recipe
 
+    if args.reference:
+        from easi3r.reference import reference_markdown
+
+        print(reference_markdown(), end="")
+        return 0
     if args.name is None:
         for name, path in available_recipes().items():
             print(f"{name:24s} {path}")
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipes = sub.add_parser("recipes", help="list recipes, or show one resolved")
     recipes.add_argument("name", nargs="?")
+    recipes.add_argument("--reference", action="store_true", help="print the recipe reference (Markdown)")
     recipes.set_defaults(func=_recipes)
 
     validate = sub.add_parser("validate", help="check a recipe (and overrides) without running it")

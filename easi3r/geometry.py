@@ -185,10 +185,11 @@ def weighted_procrustes(
     src, dst: (..., N, 3); weights: (..., N) non-negative, None for uniform. Returns s (...), R (..., 3, 3),
     t (..., 3); s is 1 when ``with_scale`` is False.
     """
-    rot, trans, scale = roma.rigid_points_registration(src, dst, weights=weights, compute_scaling=with_scale)
-    if scale is None:
-        scale = torch.ones(src.shape[:-2], dtype=src.dtype, device=src.device)
-    return scale, rot, trans
+    if with_scale:
+        rot, trans, scale = roma.rigid_points_registration(src, dst, weights=weights, compute_scaling=True)
+        return scale, rot, trans
+    rot, trans = roma.rigid_points_registration(src, dst, weights=weights)
+    return torch.ones(src.shape[:-2], dtype=src.dtype, device=src.device), rot, trans
 
 
 def umeyama_sim3(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -17,7 +17,7 @@
 
 The reference's numbers are reproduced (``tests/test_global_align.py`` checks the golden run); its quirks
 are named options whose default keeps the reference behaviour (see :class:`AlignConfig`).
-``pairwise`` (two frames, from one pair) and ``none`` (no alignment) are the trivial aligners.
+``pairwise`` (two frames, from one pair) is the trivial aligner (``none`` lives in ``aligners.py``).
 """
 
 from __future__ import annotations
@@ -53,14 +53,13 @@ __all__ = [
     "AlignConfig",
     "AlignState",
     "Alignment",
+    "GlobalAlign",
     "GlobalAligner",
+    "PairwiseAlign",
     "clean_confidence",
     "frame_confidence",
     "global_align",
     "init_mst",
-    "make_global",
-    "make_none",
-    "make_pairwise",
     "pair_scores",
     "pairwise_align",
 ]
@@ -697,9 +696,16 @@ def global_align(
     if init_state is None:
         if config.init == "mst":
             init_state = init_mst(
-                preds, pairs, n_frames, config, im_conf=im_conf, static=static,
-                known_focals=focals, known_pp=pp, known_poses=known_poses,
-            )  # fmt: skip
+                preds,
+                pairs,
+                n_frames,
+                config,
+                im_conf=im_conf,
+                static=static,
+                known_focals=focals,
+                known_pp=pp,
+                known_poses=known_poses,
+            )
         else:
             init_state = _random_state(preds, pairs, n_frames, config, focals, pp, known_poses)
     elif known_poses is not None or focals is not None:
@@ -711,9 +717,16 @@ def global_align(
             pp if pp is not None else init_state.principal_points,
         )
     aligner = GlobalAligner(
-        preds, pairs, n_frames, init_state, config, masks=masks,
-        known_focals=focals is not None, known_pp=pp is not None, known_poses=known_poses is not None,
-    ).to(device)  # fmt: skip
+        preds,
+        pairs,
+        n_frames,
+        init_state,
+        config,
+        masks=masks,
+        known_focals=focals is not None,
+        known_pp=pp is not None,
+        known_poses=known_poses is not None,
+    ).to(device)
     start = aligner.state()
     losses, lrs = _optimise(aligner, extra_loss, progress)
     aligner.cpu()
@@ -850,49 +863,54 @@ def pairwise_align(
     return Scene(cam2world, intrinsics, depth, conf, pts3d, masks)
 
 
-# --- plug-in factories (registered by the strategies plug-in under "global", "pairwise", "none") -------
+# --- the strategies the plug-in registers (as "global" and "pairwise") ---------------------------------
 
 
-def make_global(**params) -> Callable:
-    """``aligner: {name: global, **AlignConfig fields}`` → ``align(frames, pair_outputs, masks, progress)``."""
-    config = AlignConfig(**params)
+class GlobalAlign:
+    """Recipe strategy ``aligner: {name: global, **AlignConfig fields}``.
 
-    def align(frames, pair_outputs, masks, progress: Progress | None = None) -> Scene:
+    Called by the pipeline as ``align(frames, pair_outputs, masks, progress_bar)``, where ``progress_bar``
+    is :func:`easi3r.progress.progress_bar` (or None).
+    """
+
+    def __init__(self, **params) -> None:
+        self.config = AlignConfig(**params)
+
+    def __call__(self, frames, pair_outputs, masks, progress_bar=None) -> Scene:
         preds = _predictions_of(pair_outputs)
         mask_tensor = masks.masks if masks is not None else None
-        result = global_align(
+        if progress_bar is None:
+            return self._align(frames, pair_outputs, preds, mask_tensor, None).scene
+        with progress_bar(total=self.config.niter, desc="alignment", unit="it") as bar:
+
+            def report(step: int, total: int, loss: float) -> None:
+                bar.update(1)
+                bar.set_postfix_str(f"loss={loss:.4g}")
+
+            return self._align(frames, pair_outputs, preds, mask_tensor, report).scene
+
+    def _align(self, frames, pair_outputs, preds, masks, report: Progress | None) -> Alignment:
+        return global_align(
             preds,
             pair_outputs.pairs,
             len(frames),
             frames.size,
-            config=config,
-            masks=mask_tensor,
-            progress=progress,
+            config=self.config,
+            masks=masks,
+            progress=report,
         )
-        return result.scene
-
-    return align
 
 
-def make_pairwise(**params) -> Callable:
-    """``aligner: {name: pairwise, min_conf_thr: …}`` → ``align(frames, pair_outputs, masks, progress)``."""
+class PairwiseAlign:
+    """Recipe strategy ``aligner: {name: pairwise, min_conf_thr, pnp_iterations, pnp_reproj_px}``."""
 
-    def align(frames, pair_outputs, masks, progress: Progress | None = None) -> Scene:
+    def __init__(self, **params) -> None:
+        self.params = params
+
+    def __call__(self, frames, pair_outputs, masks, progress_bar=None) -> Scene:
         mask_tensor = masks.masks if masks is not None else None
-        return pairwise_align(
-            _predictions_of(pair_outputs), pair_outputs.pairs, len(frames), masks=mask_tensor, **params
-        )
-
-    return align
-
-
-def make_none() -> Callable:
-    """``aligner: {name: none}``: masks only, no geometry (the reference's ``--n_iter 0``)."""
-
-    def align(frames, pair_outputs, masks, progress: Progress | None = None) -> None:
-        return None
-
-    return align
+        preds = _predictions_of(pair_outputs)
+        return pairwise_align(preds, pair_outputs.pairs, len(frames), masks=mask_tensor, **self.params)
 
 
 def _predictions_of(pair_outputs) -> PairPredictions:

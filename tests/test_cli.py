@@ -163,3 +163,11 @@ def test_real_process_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0
+
+
+def test_recipe_reference_is_current(capsys):
+    """docs/recipes.md is generated; regenerate with ``easi3r recipes --reference > docs/recipes.md``."""
+    code, out, _ = run_cli(capsys, "recipes", "--reference")
+    assert code == 0
+    committed = (FRAMES.parents[2] / "docs" / "recipes.md").read_text()
+    assert out == committed, "docs/recipes.md is stale: run `easi3r recipes --reference > docs/recipes.md`"
