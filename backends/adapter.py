@@ -74,7 +74,7 @@ class CroCoBackbone:
             with torch.autocast(device_type=torch.device(self.device).type, dtype=dtype):
                 yield
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the outputs feed the aligner's autograd
     def encode(self, images: Tensor) -> Encoded:
         h, w = images.shape[-2:]
         chunks = []
@@ -93,7 +93,7 @@ class CroCoBackbone:
             image_size=(int(h), int(w)),
         )
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the outputs feed the aligner's autograd
     def decode(
         self,
         encoded: Encoded,

@@ -35,6 +35,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -57,6 +58,7 @@ from easi3r.backends.presets import PRESETS
 from easi3r.pairs import make_pairs
 from easi3r.strategies.capture import query_mean
 from easi3r.strategies.reweight import zero_dynamic_keys
+from easi3r.types import Encoded
 
 CONFIGS = {"tiny": "tiny", "vitl512": "vitl_512_dpt", "tiny_dpt": "tiny_dpt"}
 TIME_VARIANTS = ("a", "a_dec", "b_dec", "c", "d1", "d2")  # plus "encode", timed per frame
@@ -203,8 +205,16 @@ class Setup:
         self.token_masks = pixel_to_token_masks(self.pixel_masks, 16).to(self.device)
         self.encoded = None
 
-    def encode(self):
-        return self.backbone.encode(self.images)  # every frame once (the cache index is the frame index)
+    @torch.inference_mode()
+    def encode(self) -> Encoded:
+        """The per-frame encoder cache, indexed by frame; only the frames the timed pairs use are
+        encoded (the others stay zero), so that a few ViT-L pairs do not pay for ten encodings."""
+        if len(self.frames_used) == self.args.frames:
+            return self.backbone.encode(self.images)
+        part = self.backbone.encode(self.images[self.frames_used])
+        tokens = part.tokens.new_zeros(self.args.frames, *part.tokens.shape[1:])
+        tokens[self.frames_used] = part.tokens
+        return dataclasses.replace(part, tokens=tokens)
 
     def run(self, variant: str, pairs: Tensor) -> object:
         """One run of a variant over ``pairs`` (returns its outputs, to keep them alive like a caller)."""
@@ -219,7 +229,7 @@ class Setup:
         if variant == "b_dec":
             return bb.decode(self.encoded, pairs, capture=query_mean, heads=False)
         if variant == "b":
-            encoded = bb.encode(self.images)
+            encoded = self.encode()  # the (T, N, D) cache, filled for the frames the timed pairs use
             return bb.decode(encoded, pairs, capture=query_mean, heads=False)
         if variant == "c":
             return bb.decode(
@@ -566,10 +576,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--mem-warmup", type=int, default=1)
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument(
+        "--memory-only", action="store_true", help="measure peak memory only (write it with --json)"
+    )
+    p.add_argument("--memory-json", type=Path, default=None, help="take the peaks from a --memory-only JSON")
     p.add_argument("--no-check", action="store_true", help="skip the (d)-vs-fast agreement check")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--_worker", choices=MEM_VARIANTS, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _jsonable(args: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -580,10 +598,25 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     memory: dict[str, dict] = {}
-    if not args.no_memory:  # before the timing model exists, so the workers do not compete for RAM
+    if args.memory_json:  # peaks measured by an earlier --memory-only run with the same settings
+        earlier = json.loads(args.memory_json.read_text())
+        for key in ("config", "frames", "graph", "size", "height", "batch_size", "device"):
+            if earlier["args"].get(key) != getattr(args, key):
+                raise SystemExit(f"{args.memory_json}: {key} differs from this run")
+        memory = earlier["memory"]
+    elif not args.no_memory:  # before the timing model exists, so the workers do not compete for RAM
         for variant in MEM_VARIANTS:
             memory[variant] = measure_memory(args, variant)
             print(f"  memory {variant:6s} {memory[variant]['peak_bytes'] / 2**20:10.1f} MiB", file=sys.stderr)
+    if args.memory_only:
+        print("| variant | peak memory over baseline (MiB) |\n|---|---:|")
+        for variant, m in memory.items():
+            print(f"| {variant} | {m['peak_bytes'] / 2**20:.1f} |")
+        print(f"\nmemory: {next(iter(memory.values()))['method']}, wall {time.perf_counter() - wall:.0f} s")
+        if args.json:
+            payload = {"args": _jsonable(args), "machine": machine(), "memory": memory}
+            args.json.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+        return
     setup = Setup(args)
     times = measure_time(setup, args)
     agreement = {} if args.no_check else check_agreement(setup)
@@ -608,7 +641,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.json:
         payload = {
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "args": _jsonable(args),
             "machine": machine(),
             "input": [setup.height, setup.width],
             "dynamic_token_fraction": dyn,

@@ -41,9 +41,13 @@ class Backbone(Protocol):
         token_masks: Tensor | None = None,
         heads: bool = True,
         progress: Progress | None = None,
+        reweight_decoders: tuple[int, ...] = (1,),
+        reweight_layers: tuple[int, ...] | None = None,
     ) -> PairOutputs:
         """Run the decoders (and heads if asked) on ordered ``pairs`` ``(P, 2)``.
 
-        ``token_masks`` ``(T, N)`` bool marks dynamic tokens per frame; it is required with ``reweight``.
+        ``token_masks`` ``(T, N)`` bool marks dynamic tokens per frame; it is required with ``reweight``,
+        which applies to the cross-attention of ``reweight_decoders`` (1: queries in view 1) in
+        ``reweight_layers`` (None: all layers).
         """
         ...

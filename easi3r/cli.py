@@ -2,6 +2,7 @@
 
     easi3r run FRAMES_OR_VIDEO [--recipe NAME] -o OUT [--checkpoint PATH] [key=value ...]
     easi3r demo [-o OUT]
+    easi3r view OUT [--port 8080] [--host 127.0.0.1] [--max-points-per-frame N] [--min-conf C]
     easi3r plugins | recipes [NAME] | validate RECIPE [key=value ...] | convert SRC.pth DST_DIR
 
 A problem with the user's input is printed as one line (``easi3r: error: ...``) with exit status 2;
@@ -54,6 +55,21 @@ def _demo(args: argparse.Namespace) -> int:
     from easi3r.demo import run_demo
 
     run_demo(Path(args.out), overwrite=args.overwrite)
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from easi3r.viewer import load_scene_for_viewing, serve
+
+    if args.max_points_per_frame < 1:
+        raise Easi3RError(f"--max-points-per-frame must be at least 1, got {args.max_points_per_frame}")
+    serve(
+        load_scene_for_viewing(args.out),
+        host=args.host,
+        port=args.port,
+        max_points_per_frame=args.max_points_per_frame,
+        min_conf=args.min_conf,
+    )
     return 0
 
 
@@ -128,6 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", "-o", default="easi3r-demo", help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     demo.set_defaults(func=_demo)
+
+    view = sub.add_parser("view", help="serve a run's 4D result (points, cameras, masks) in the browser")
+    view.add_argument("out", metavar="OUT", help="output folder of a run with an aligner")
+    view.add_argument("--port", type=int, default=8080, help="the next free one is taken when it is busy")
+    view.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    view.add_argument(
+        "--max-points-per-frame",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="subsample each frame's static and dynamic points to at most N each",
+    )
+    view.add_argument(
+        "--min-conf",
+        type=float,
+        default=3.0,
+        metavar="C",
+        help="hide points whose confidence (raw, 1 + exp(x)) is below C",
+    )
+    view.set_defaults(func=_view)
 
     sub.add_parser("plugins", help="list installed plug-ins and what they provide").set_defaults(
         func=_plugins

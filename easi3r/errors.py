@@ -8,6 +8,11 @@ that line and exits non-zero; it never shows a traceback for these.
 from __future__ import annotations
 
 
+def one_line(text: object) -> str:
+    """Join a (third-party) message's lines: the CLI prints every error as one line."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 class Easi3RError(Exception):
     """A problem with the user's input: printed as one line by the CLI, exit status 2."""
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import easi3r.configs
 from easi3r import hookspecs
-from easi3r.errors import PluginError, RecipeError
+from easi3r.errors import PluginError, RecipeError, one_line
 
 ENTRY_POINT_GROUP = "easi3r"
 BUILTIN_DISTRIBUTION = "easi3r"
@@ -81,11 +81,6 @@ def did_you_mean(word: str, candidates: Iterable[str], prefix: str = "") -> str:
     """
     match = difflib.get_close_matches(word, list(candidates), n=1)
     return f"; did you mean '{prefix}{match[0]}'?" if match else ""
-
-
-def one_line(text: object) -> str:
-    # Messages are printed as one line by the CLI; exceptions from third-party code may span several.
-    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def _normalize(dist_name: str) -> str:

@@ -42,12 +42,11 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from easi3r.errors import PluginError, RecipeError
+from easi3r.errors import PluginError, RecipeError, one_line
 from easi3r.plugins import (
     BUILTIN_RECIPE_DIR,
     KINDS,
     did_you_mean,
-    one_line,
     recipe_dirs,
     registry,
     schema_fragments,

@@ -16,6 +16,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from easi3r.geometry import Scene
+
+__all__ = [
+    "DynamicMasks",
+    "Encoded",
+    "FrameMaps",
+    "Frames",
+    "PairAttention",
+    "PairOutputs",
+    "PairPredictions",
+    "Scene",
+]
+
 
 @dataclass
 class Frames:

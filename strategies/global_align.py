@@ -33,7 +33,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 from torch import Tensor, nn
 
-from easi3r.errors import GeometryError
+from easi3r.errors import GeometryError, one_line
 from easi3r.geometry import (
     Scene,
     estimate_focal_weiszfeld,
@@ -71,7 +71,7 @@ Progress = Callable[[int, int, float], None]  # (step, total steps, loss)
 class AlignConfig:
     """Settings of the ``global`` aligner; defaults are the reference's effective values."""
 
-    niter: int = 300
+    iters: int = 300
     lr: float = 0.01
     lr_min: float = 1e-3
     schedule: str = "linear"  # or "cosine"
@@ -189,16 +189,19 @@ def _check_geometry(preds: PairPredictions, pairs: Tensor, n_frames: int, w1: Te
     if not bool((per_frame > 0).all()):
         frame = int((per_frame == 0).nonzero()[0])
         raise GeometryError(f"frame {frame} has no valid pixel (confidence ≤ 1 or masked out in every pair)")
-    # the spread of each pair's points along its three principal axes: two ~0 axes = a line (or a point)
-    pts = torch.cat((preds.pts3d_1, preds.pts3d_2), dim=1).flatten(1, 2)
-    pts = pts[:, :: max(1, pts.shape[1] // 4096)].double()  # a few thousand points decide it, in float64
-    centred = pts - pts.mean(1, keepdim=True)
-    spread = torch.linalg.svdvals(centred)
-    collinear = spread[:, 1] <= 1e-6 * spread[:, 0].clamp(min=1e-300)
-    if bool(collinear.any()):
-        p = int(collinear.nonzero()[0])
-        i, j = pairs[p].tolist()
-        raise GeometryError(f"degenerate scene: the points of pair {p} ({i}→{j}) are collinear")
+    # the spread of each pointmap along its three principal axes: two ~0 axes = a line (or a point), which
+    # leaves the rotation of a Procrustes registration undetermined
+    for view, pts in ((1, preds.pts3d_1), (2, preds.pts3d_2)):
+        pts = pts.flatten(1, 2)
+        pts = pts[:, :: max(1, pts.shape[1] // 4096)].double()  # a few thousand points decide it, in float64
+        spread = torch.linalg.svdvals(pts - pts.mean(1, keepdim=True))
+        collinear = spread[:, 1] <= 1e-6 * spread[:, 0].clamp(min=1e-300)
+        if bool(collinear.any()):
+            p = int(collinear.nonzero()[0])
+            i, j = pairs[p].tolist()
+            raise GeometryError(
+                f"degenerate scene: the view-{view} points of pair {p} ({i}→{j}) are collinear"
+            )
 
 
 def frame_confidence(preds: PairPredictions, pairs: Tensor, n_frames: int) -> Tensor:
@@ -462,9 +465,8 @@ class GlobalAligner(nn.Module):
 
         self._check_state(state, n_pairs)
         state = self._normalised(state)
-        log_depth = (
-            state.depth.float().log().nan_to_num(neginf=0).flatten(1)
-        )  # z ≤ 0 → depth 1, as the reference
+        # a depth ≤ 0 (log NaN or −inf) starts at depth 1, as in the reference
+        log_depth = state.depth.float().log().nan_to_num(neginf=0).flatten(1)
         pose = torch.cat(
             (
                 rotmat_to_quat(state.cam2world[:, :3, :3].float()),
@@ -489,6 +491,7 @@ class GlobalAligner(nn.Module):
         self.log_depth = nn.Parameter(log_depth)
         self.pose = nn.Parameter(pose, requires_grad=not known_poses)
         self.focal = nn.Parameter(config.focal_break * focals.log(), requires_grad=not known_focals)
+        # offsets in tens of pixels, so that one learning rate suits every parameter
         self.pp = nn.Parameter(
             (pp.float() - self.centre) / 10, requires_grad=config.optimize_pp and not known_pp
         )
@@ -552,7 +555,7 @@ class GlobalAligner(nn.Module):
         xy = depth[..., None] * (self.grid - self.principal_points()[:, None]) / focal
         cam = torch.cat((xy, depth[..., None]), -1)
         pose = self.cam2world()
-        return cam @ pose[:, :3, :3].transpose(1, 2) + pose[:, None, :3, 3]
+        return _affine(pose, cam)
 
     def pair_scales(self) -> Tensor:
         """(P,) pair scales, normalised to a geometric mean of ``base_scale`` (unless poses are known)."""
@@ -572,9 +575,10 @@ class GlobalAligner(nn.Module):
         """The alignment loss (without ``extra_loss``)."""
         world = self.world_points()
         trf = self.pair_poses()
-        rot_t, trans = trf[:, :3, :3].transpose(1, 2), trf[:, None, :3, 3]
-        d1 = (world[self.ei] - torch.baddbmm(trans, self.pred1, rot_t)).norm(dim=-1)
-        d2 = (world[self.ej] - torch.baddbmm(trans, self.pred2, rot_t)).norm(dim=-1)
+        # index_select, not world[ei]: its backward (index_add) sums in a fixed order, while advanced
+        # indexing's (index_put with accumulate) does not on several threads, so runs would drift apart
+        d1 = (world.index_select(0, self.ei) - _affine(trf, self.pred1)).norm(dim=-1)
+        d2 = (world.index_select(0, self.ej) - _affine(trf, self.pred2)).norm(dim=-1)
         loss = (d1 * self.w1).sum() / self.area + (d2 * self.w2).sum() / self.area
         if self.config.temporal_smoothing_weight > 0:
             loss = loss + self.config.temporal_smoothing_weight * self.temporal_smoothness()
@@ -599,8 +603,13 @@ class GlobalAligner(nn.Module):
         )
 
 
+def _affine(trf: Tensor, pts: Tensor) -> Tensor:
+    """(B, 4, 4) transforms (scale allowed in the 3×3 block) applied to (B, N, 3) points, fused in one call."""
+    return torch.baddbmm(trf[:, None, :3, 3], pts, trf[:, :3, :3].transpose(1, 2))
+
+
 def _learning_rate(config: AlignConfig, step: int) -> float:
-    t = step / config.niter
+    t = step / config.iters
     if config.schedule == "cosine":
         return config.lr_min + (config.lr - config.lr_min) * (1 + math.cos(t * math.pi)) / 2
     return config.lr + (config.lr_min - config.lr) * t
@@ -618,7 +627,7 @@ def _optimise(
     if not params:
         return losses, lrs
     optimiser = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.9))
-    for step in range(config.niter):
+    for step in range(config.iters):
         lr = _learning_rate(config, step)
         for group in optimiser.param_groups:
             group["lr"] = lr
@@ -632,7 +641,7 @@ def _optimise(
         losses.append(float(loss.detach()))
         lrs.append(lr)
         if progress is not None:
-            progress(step + 1, config.niter, losses[-1])
+            progress(step + 1, config.iters, losses[-1])
     return losses, lrs
 
 
@@ -673,8 +682,8 @@ def global_align(
     the principal point) and ``known_poses`` ((T, 4, 4) camera-to-world) are held fixed; with known poses
     the pair scales are not normalised. ``init_state`` replaces the initialisation (warm start).
     ``extra_loss(aligner)`` is added to the loss each step: this is where a flow prior plugs in (the
-    reference's MonST3R flow loss would be one, started at ``aligner.iteration`` ≥ 0.1·niter).
-    ``progress(step, niter, loss)`` is called after each step. The initialisation runs on the CPU (OpenCV);
+    reference's MonST3R flow loss would be one, started at ``aligner.iteration`` ≥ 0.1·iters).
+    ``progress(step, iters, loss)`` is called after each step. The initialisation runs on the CPU (OpenCV);
     the optimisation on ``device`` (default CPU); results come back on the CPU. Raises GeometryError on
     unusable input.
     """
@@ -820,7 +829,8 @@ def pairwise_align(
 ) -> Scene:
     """Two frames from the first pair alone: its view 1 is the world (identity pose, depth = z of its
     prediction, focal by Weiszfeld); view 2 is placed by Procrustes of the reverse pair's view-1 points
-    onto this pair's view-2 points when the reverse pair exists, else by RANSAC PnP (focal searched)."""
+    onto this pair's view-2 points when the reverse pair exists (focal by Weiszfeld on that pair), else by
+    RANSAC PnP with view 1's focal."""
     if n_frames != 2:
         raise GeometryError(f"the pairwise aligner handles exactly 2 frames, got {n_frames}")
     pairs = torch.as_tensor(pairs, dtype=torch.int64)
@@ -842,7 +852,8 @@ def pairwise_align(
         valid = preds.conf_2[0] > min_conf_thr
         if int(valid.sum()) < 4:
             valid = torch.ones_like(valid)
-        found = _pnp(world_j, valid, None, (width / 2, height / 2), pnp_iterations, pnp_reproj_px)
+        # one camera filmed both frames (the global aligner's shared-focal default): reuse view 1's focal
+        found = _pnp(world_j, valid, focal_i, (width / 2, height / 2), pnp_iterations, pnp_reproj_px)
         if found is None:
             raise GeometryError(f"pairwise alignment failed: PnP found no pose for frame {j}")
         focal_j, pose_j = found
@@ -867,21 +878,26 @@ def pairwise_align(
 
 
 class GlobalAlign:
-    """Recipe strategy ``aligner: {name: global, **AlignConfig fields}``.
+    """Recipe strategy ``align: {name: global, **AlignConfig fields, known_intrinsics, known_poses}``.
 
-    Called by the pipeline as ``align(frames, pair_outputs, masks, progress_bar)``, where ``progress_bar``
-    is :func:`easi3r.progress.progress_bar` (or None).
+    ``known_intrinsics`` is a text file with one row-major 3×3 matrix (9 numbers) shared by all frames or
+    one per frame; ``known_poses`` a camera-to-world trajectory in TUM order (``t x y z qx qy qz qw``), one
+    line per frame. Both are held fixed. Called by the pipeline as
+    ``align(frames, pair_outputs, masks, progress_bar)``, where ``progress_bar`` is
+    :func:`easi3r.progress.progress_bar` (or None).
     """
 
-    def __init__(self, **params) -> None:
+    def __init__(self, known_intrinsics: str | None = None, known_poses: str | None = None, **params) -> None:
         self.config = AlignConfig(**params)
+        self.known_intrinsics = None if known_intrinsics is None else _read_intrinsics(known_intrinsics)
+        self.known_poses = None if known_poses is None else _read_poses(known_poses)
 
     def __call__(self, frames, pair_outputs, masks, progress_bar=None) -> Scene:
         preds = _predictions_of(pair_outputs)
         mask_tensor = masks.masks if masks is not None else None
         if progress_bar is None:
             return self._align(frames, pair_outputs, preds, mask_tensor, None).scene
-        with progress_bar(total=self.config.niter, desc="alignment", unit="it") as bar:
+        with progress_bar(total=self.config.iters, desc="alignment", unit="it") as bar:
 
             def report(step: int, total: int, loss: float) -> None:
                 bar.update(1)
@@ -897,8 +913,32 @@ class GlobalAlign:
             frames.size,
             config=self.config,
             masks=masks,
+            known_intrinsics=self.known_intrinsics,
+            known_poses=self.known_poses,
             progress=report,
         )
+
+
+def _read_intrinsics(path: str) -> Tensor:
+    """(3, 3) or (T, 3, 3) from a text file of 9 numbers per row."""
+    try:
+        values = np.loadtxt(path, ndmin=2)
+    except (OSError, ValueError) as exc:
+        raise GeometryError(f"known intrinsics {path}: cannot read ({one_line(exc)})") from None
+    if values.shape[1] != 9:
+        raise GeometryError(
+            f"known intrinsics {path}: expected 9 numbers per row (a 3×3 matrix), got {values.shape[1]}"
+        )
+    matrices = torch.from_numpy(values).float().reshape(-1, 3, 3)
+    return matrices[0] if len(matrices) == 1 else matrices
+
+
+def _read_poses(path: str) -> Tensor:
+    """(T, 4, 4) camera-to-world poses from a TUM trajectory file."""
+    from easi3r.eval.metrics import read_tum
+
+    _, cam2world = read_tum(path)
+    return torch.from_numpy(cam2world).float()
 
 
 class PairwiseAlign:

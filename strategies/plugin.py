@@ -74,7 +74,11 @@ def easi3r_reweight_policies() -> dict[str, Any]:
 
 @hookimpl
 def easi3r_aligners() -> dict[str, Any]:
-    return {"none": _lazy("aligners", "NoAligner")}
+    return {
+        "none": _lazy("aligners", "NoAligner"),
+        "global": _lazy("global_align", "GlobalAlign"),
+        "pairwise": _lazy("global_align", "PairwiseAlign"),
+    }
 
 
 @hookimpl
@@ -83,6 +87,11 @@ def easi3r_exporters() -> dict[str, Any]:
         "masks": _lazy("exporters", "MaskExporter"),
         "maps": _lazy("exporters", "MapExporter"),
         "overlays": _lazy("exporters", "OverlayExporter"),
+        "trajectory": _lazy("scene_exporters", "TrajectoryExporter"),
+        "depth": _lazy("scene_exporters", "DepthExporter"),
+        "pointcloud": _lazy("scene_exporters", "PointCloudExporter"),
+        "colmap": _lazy("scene_exporters", "ColmapExporter"),
+        "scene": _lazy("scene_exporters", "SceneExporter"),
     }
 
 

@@ -126,6 +126,7 @@ def test_umeyama_and_ate_are_similarity_invariant():
     pred[:, :3, 3] = s * gt[:, :3, 3] @ rot.T + t
     s2, rot2, t2 = umeyama_sim3(pred[:, :3, 3], gt[:, :3, 3])
     assert torch.allclose(s2 * s, torch.tensor(1.0, dtype=torch.float64))
+    assert torch.allclose(s2 * pred[:, :3, 3] @ rot2.T + t2, gt[:, :3, 3])
     assert ate_rmse(pred, gt) < 1e-10
     shifted = gt.clone()
     shifted[0, :3, 3] += torch.tensor([1.0, 0, 0], dtype=torch.float64)

@@ -3,8 +3,6 @@ the options (known intrinsics / poses, warm start, dynamic masks, hooks) and the
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -27,7 +25,17 @@ from easi3r.strategies.global_align import (
 from easi3r.synthetic import make_scene, pair_predictions
 from easi3r.types import DynamicMasks, Frames, PairOutputs, PairPredictions
 
-GOLDEN = Path(__file__).parent / "data" / "golden" / "align" / "reference.safetensors"
+from .helpers import GOLDEN_ALIGN
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These small problems gain nothing from threads, and on a shared machine idle-spinning threads make
+    them crawl; restore the setting afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def sym_pairs(n_frames: int, offsets=(1, 2, 3)) -> torch.Tensor:
@@ -40,8 +48,8 @@ def sym_pairs(n_frames: int, offsets=(1, 2, 3)) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def golden():
-    data = {k: torch.from_numpy(v) for k, v in load_file(str(GOLDEN)).items()}
+def golden_align():
+    data = {k: torch.from_numpy(v) for k, v in load_file(str(GOLDEN_ALIGN / "reference.safetensors")).items()}
     preds = PairPredictions(
         data["pass2/pred1_pts3d"],
         data["pass2/pred1_conf"],
@@ -60,10 +68,10 @@ def _golden_init(data) -> AlignState:
     )
 
 
-def test_golden_optimiser_parity(golden):
-    data, preds = golden
+def test_golden_optimiser_parity(golden_align):
+    data, preds = golden_align
     result = global_align(
-        preds, data["pairs"], 5, (80, 160), config=AlignConfig(niter=30), init_state=_golden_init(data)
+        preds, data["pairs"], 5, (80, 160), config=AlignConfig(iters=30), init_state=_golden_init(data)
     )
     losses, ref_losses = np.array(result.loss_history), data["ga/loss_history"].numpy()
     print(f"\nloss history: max |diff| {np.abs(losses - ref_losses).max():.2e} (first {ref_losses[0]:.4f})")
@@ -86,8 +94,8 @@ def test_golden_optimiser_parity(golden):
     assert torch.allclose(result.scene.conf, data["ga/im_conf"])
 
 
-def test_golden_confidence_cleaning(golden):
-    data, _ = golden
+def test_golden_confidence_cleaning(golden_align):
+    data, _ = golden_align
     scene = Scene(
         data["ga/cam2world"],
         data["ga/intrinsics"],
@@ -99,11 +107,11 @@ def test_golden_confidence_cleaning(golden):
     assert torch.equal(cleaned, data["ga/im_conf_after_clean"])
 
 
-def test_golden_mst_initialisation(golden):
+def test_golden_mst_initialisation(golden_align):
     """The tree part (root, focal, pair similarities, frames placed by Procrustes) matches; frames placed by
     RANSAC PnP need not (see the printout: 10 RANSAC iterations on a random-weights pointmap with ~5% inliers,
     where a 1e-6 relative change of the input points moves the pose by ~0.8)."""
-    data, preds = golden
+    data, preds = golden_align
     init = init_mst(preds, data["pairs"], 5)
     ref = _golden_init(data)
     assert torch.allclose(init.focals, ref.focals, rtol=1e-5)
@@ -120,13 +128,13 @@ def test_golden_mst_initialisation(golden):
         assert torch.allclose(init.cam2world[frame], ref.cam2world[frame], atol=1e-3)
         assert float(((depth[frame] - ref.depth[frame]).abs() / ref.depth[frame]).median()) < 1e-4
     # same loss level as the reference's own initialisation (PnP frames included)
-    loss = float(GlobalAligner(preds, data["pairs"], 5, init)())
+    loss = float(GlobalAligner(preds, data["pairs"], 5, init)().detach())
     print(f"init loss {loss:.4f} vs reference {float(data['ga/init_loss'][0]):.4f}")
     assert loss < 1.5 * float(data["ga/init_loss"][0])
 
 
-def test_frame_confidence_is_max_over_pairs(golden):
-    data, preds = golden
+def test_frame_confidence_is_max_over_pairs(golden_align):
+    data, preds = golden_align
     assert torch.equal(frame_confidence(preds, data["pairs"], 5), data["ga/im_conf"])
 
 
@@ -168,7 +176,7 @@ def test_recovers_ground_truth_from_perfect_predictions(synthetic):
 def test_forward_motion_is_recovered_too():
     scene = make_scene(n_frames=5, size=(24, 32), n_objects=1, motion="forward", seed=2)
     pairs = sym_pairs(5, (1, 2))
-    result = global_align(pair_predictions(scene, pairs, seed=1), pairs, 5, config=AlignConfig(niter=100))
+    result = global_align(pair_predictions(scene, pairs, seed=1), pairs, 5, config=AlignConfig(iters=100))
     ate, focal = _errors(scene, result)
     print(f"\nforward motion: ATE {ate:.1e}, focal error {focal:.1e}")
     assert ate <= 1e-3 and focal <= 5e-3
@@ -197,7 +205,7 @@ def test_known_intrinsics_are_held(synthetic):
     K = scene.intrinsics[0].clone()
     K[0, 0] = K[1, 1] = K[0, 0] * 1.02  # slightly wrong on purpose: it must stay as given
     K[0, 2] += 1.0
-    result = global_align(preds, pairs, 6, known_intrinsics=K, config=AlignConfig(niter=20))
+    result = global_align(preds, pairs, 6, known_intrinsics=K, config=AlignConfig(iters=20))
     assert torch.allclose(result.scene.intrinsics, K.expand(6, 3, 3))
     assert torch.allclose(result.init.focals, K[0, 0].expand(6))
     with pytest.raises(GeometryError, match=r"known intrinsics must be \(3, 3\) or \(6, 3, 3\)"):
@@ -206,7 +214,7 @@ def test_known_intrinsics_are_held(synthetic):
 
 def test_known_poses_are_held_and_fix_the_scale(synthetic):
     scene, pairs, preds = synthetic
-    result = global_align(preds, pairs, 6, known_poses=scene.cam2world, config=AlignConfig(niter=30))
+    result = global_align(preds, pairs, 6, known_poses=scene.cam2world, config=AlignConfig(iters=30))
     assert torch.allclose(result.scene.cam2world, scene.cam2world, atol=1e-6)
     # metric poses make the depth metric (pair scales are free, not normalised)
     for depth, bound in ((result.init.depth, 1e-4), (result.scene.depth, 5e-3)):
@@ -218,13 +226,13 @@ def test_known_poses_are_held_and_fix_the_scale(synthetic):
 def test_warm_start_and_zero_iterations(synthetic):
     scene, pairs, preds = synthetic
     init = init_mst(preds, pairs, 6)
-    same = global_align(preds, pairs, 6, init_state=init, config=AlignConfig(niter=0))
+    same = global_align(preds, pairs, 6, init_state=init, config=AlignConfig(iters=0))
     assert same.loss_history == [] and torch.allclose(same.scene.cam2world, init.cam2world, atol=1e-6)
     # a warm start in another global scale is brought to the normalised scale, not distorted
     scaled = AlignState(init.cam2world.clone(), init.focals, init.depth * 3, init.pair_poses.clone())
     scaled.cam2world[:, :3, 3] *= 3
     scaled.pair_poses[:, :3] *= 3
-    again = global_align(preds, pairs, 6, init_state=scaled, config=AlignConfig(niter=0))
+    again = global_align(preds, pairs, 6, init_state=scaled, config=AlignConfig(iters=0))
     assert torch.allclose(again.scene.cam2world, init.cam2world, atol=1e-4)
     assert torch.allclose(again.scene.depth, init.depth, rtol=1e-4)
     # warm start from the ground truth: already at the optimum
@@ -238,18 +246,18 @@ def test_warm_start_and_zero_iterations(synthetic):
     pair_poses = gt_c2w[pairs[:, 0]].clone()
     pair_poses[:, :3, :3] *= (gt_scale / scales)[:, None, None]
     gt_state = AlignState(gt_c2w, scene.intrinsics[:, 0, 0], scene.depth * gt_scale, pair_poses)
-    warm = global_align(preds, pairs, 6, init_state=gt_state, config=AlignConfig(niter=5))
+    warm = global_align(preds, pairs, 6, init_state=gt_state, config=AlignConfig(iters=5))
     assert warm.loss_history[0] < 1e-3
 
 
 def test_deterministic_and_seeded(synthetic):
     _, pairs, preds = synthetic
-    a = global_align(preds, pairs, 6, config=AlignConfig(niter=10))
-    b = global_align(preds, pairs, 6, config=AlignConfig(niter=10))
+    a = global_align(preds, pairs, 6, config=AlignConfig(iters=10))
+    b = global_align(preds, pairs, 6, config=AlignConfig(iters=10))
     assert a.loss_history == b.loss_history and torch.equal(a.scene.depth, b.scene.depth)
-    r1 = global_align(preds, pairs, 6, config=AlignConfig(niter=5, init="random", seed=1))
-    r2 = global_align(preds, pairs, 6, config=AlignConfig(niter=5, init="random", seed=1))
-    r3 = global_align(preds, pairs, 6, config=AlignConfig(niter=5, init="random", seed=2))
+    r1 = global_align(preds, pairs, 6, config=AlignConfig(iters=5, init="random", seed=1))
+    r2 = global_align(preds, pairs, 6, config=AlignConfig(iters=5, init="random", seed=1))
+    r3 = global_align(preds, pairs, 6, config=AlignConfig(iters=5, init="random", seed=2))
     assert r1.loss_history == r2.loss_history and r1.loss_history != r3.loss_history
 
 
@@ -262,7 +270,7 @@ def test_dynamic_pixels_leave_the_3d_term_only_when_asked(synthetic):
 
     def loss(p, exclude):
         aligner = GlobalAligner(p, pairs, 6, init, AlignConfig(exclude_dynamic=exclude), masks=scene.masks)
-        return float(aligner())
+        return float(aligner().detach())
 
     assert loss(broken, exclude=True) == pytest.approx(loss(preds, exclude=True), abs=1e-6)
     assert loss(broken, exclude=False) > loss(preds, exclude=False) + 0.1  # the reference default
@@ -279,7 +287,7 @@ def test_hooks_temporal_term_schedule_and_device(synthetic):
         calls.append(aligner.iteration)
         return aligner.focals().mean() * 0  # differentiable, changes nothing
 
-    config = AlignConfig(niter=6, schedule="cosine", temporal_smoothing_weight=0.1)
+    config = AlignConfig(iters=6, schedule="cosine", temporal_smoothing_weight=0.1)
     result = global_align(
         preds,
         pairs,
@@ -294,9 +302,14 @@ def test_hooks_temporal_term_schedule_and_device(synthetic):
     init = init_mst(preds, pairs, 6)
     aligner = GlobalAligner(preds, pairs, 6, init, AlignConfig(temporal_smoothing_weight=1.0))
     plain = GlobalAligner(preds, pairs, 6, init)
-    assert float(aligner()) == pytest.approx(float(plain()) + float(aligner.temporal_smoothness()), rel=1e-5)
+    with torch.no_grad():
+        assert float(aligner()) == pytest.approx(
+            float(plain()) + float(aligner.temporal_smoothness()), rel=1e-5
+        )
     still = AlignState(torch.eye(4).expand(6, 4, 4), init.focals, init.depth, init.pair_poses)
-    assert float(GlobalAligner(preds, pairs, 6, still).temporal_smoothness()) == pytest.approx(0, abs=1e-5)
+    assert float(GlobalAligner(preds, pairs, 6, still).temporal_smoothness().detach()) == pytest.approx(
+        0, abs=1e-5
+    )
 
 
 def test_stale_edge_focal_quirk_switch(synthetic):
@@ -312,15 +325,17 @@ def test_stale_edge_focal_quirk_switch(synthetic):
 
 def test_pairwise_two_frames():
     scene = make_scene(n_frames=2, size=(24, 32), n_objects=1, seed=3)
-    gt_rel = invert_pose(scene.cam2world[:1]) @ scene.cam2world[1:]
-    for pairs in (torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0, 1]])):  # Procrustes, then PnP
+    gt_rel = (invert_pose(scene.cam2world[:1]) @ scene.cam2world[1:])[0]
+    # with the reverse pair frame 1 is placed by Procrustes, without it by PnP: both exact on perfect input
+    for pairs in (torch.tensor([[0, 1], [1, 0]]), torch.tensor([[0, 1]])):
         out = pairwise_align(pair_predictions(scene, pairs, seed=2), pairs, 2)
         assert torch.allclose(out.cam2world[0], torch.eye(4))
         rel = out.cam2world[1]
-        assert torch.allclose(rel[:3, :3], gt_rel[0, :3, :3], atol=1e-3)
+        assert torch.allclose(rel[:3, :3], gt_rel[:3, :3], atol=1e-3)
         direction = rel[:3, 3] / rel[:3, 3].norm()
-        assert torch.allclose(direction, gt_rel[0, :3, 3] / gt_rel[0, :3, 3].norm(), atol=1e-3)
-        assert torch.allclose(out.intrinsics[:, 0, 0], scene.intrinsics[:, 0, 0], rtol=0.02)
+        assert torch.allclose(direction, gt_rel[:3, 3] / gt_rel[:3, 3].norm(), atol=1e-3)
+        assert torch.allclose(out.intrinsics[:, 0, 0], scene.intrinsics[:, 0, 0], rtol=1e-3)
+        assert torch.allclose(out.pts3d[1], pair_predictions(scene, pairs, seed=2).pts3d_2[0])
     with pytest.raises(GeometryError, match="exactly 2 frames"):
         pairwise_align(pair_predictions(scene, pairs), pairs, 3)
 
@@ -349,7 +364,7 @@ def test_strategy_wrappers():
         def set_postfix_str(self, text):
             pass
 
-    out = GlobalAlign(niter=4)(frames, outputs, masks, Bar)
+    out = GlobalAlign(iters=4)(frames, outputs, masks, Bar)
     assert isinstance(out, Scene) and out.depth.shape == (3, 16, 24) and seen == [4, 1, 1, 1, 1]
     assert torch.equal(out.masks, scene.masks)
     two = Frames(scene.images()[:2], ["a", "b"])

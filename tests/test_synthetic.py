@@ -21,7 +21,7 @@ def test_scene_ground_truth_is_consistent(motion):
     assert sc.rgb.shape == (T, H, W, 3) and sc.depth.shape == (T, H, W) and sc.pts3d.shape == (T, H, W, 3)
     assert sc.masks.dtype == torch.bool and sc.size == (H, W) and len(sc) == T
     assert bool((sc.depth > 0).all()) and bool(torch.isfinite(sc.pts3d).all())
-    assert 0 <= float(sc.rgb.min()) and float(sc.rgb.max()) <= 1
+    assert float(sc.rgb.min()) >= 0 and float(sc.rgb.max()) <= 1
     # world points are the depth lifted through K and the pose
     lifted = depth_to_points(sc.depth.double(), sc.intrinsics.double(), sc.cam2world.double())
     assert torch.allclose(lifted.float(), sc.pts3d, atol=1e-4)

@@ -1,0 +1,423 @@
+"""Exporters of the aligned scene (``result.scene``): trajectory, depth, point clouds, COLMAP, safetensors.
+
+File layout and conventions: ``docs/outputs.md``, section "Scene (aligned geometry)". Every exporter
+writes nothing and returns ``[]`` when the run produced no scene (aligner ``none``). Coordinates are
+written as the aligner returns them: OpenCV cameras (x right, y down, z forward), camera-to-world poses,
+no re-centring or axis flip, so every file describes the same world.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import trimesh
+from numpy.typing import NDArray
+from scipy.spatial.transform import Rotation
+
+from easi3r import writers
+from easi3r.eval.metrics import write_tum
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from easi3r.geometry import Scene
+    from easi3r.pipeline import RunResult
+
+# the reference demo keeps points whose raw confidence (1 + exp(x)) exceeds 1.1 in its GLB
+REFERENCE_GLB_MIN_CONF = 1.1
+
+# trimesh cannot export a cloud without points; this is the header it writes for a coloured cloud (less
+# its comment line) with zero vertices, so empty frames still get a valid file of the same layout
+_EMPTY_PLY = (
+    b"ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
+    b"property float x\nproperty float y\nproperty float z\n"
+    b"property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\nend_header\n"
+)
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+# --- shared helpers ----------------------------------------------------------------------------------
+
+
+def _scene_of(result: RunResult) -> Scene | None:
+    scene = result.scene
+    if scene is not None and len(scene) != len(result.frames):
+        raise ValueError(f"scene has {len(scene)} frames, the run {len(result.frames)}")
+    if scene is not None and tuple(scene.depth.shape[1:]) != result.frames.size:
+        raise ValueError(f"scene is {tuple(scene.depth.shape[1:])}, the frames {result.frames.size}")
+    return scene
+
+
+def _np(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def _conf_threshold(scene: Scene, min_conf: float) -> float:
+    """``min_conf`` is in raw units (1 + exp(x)); compare in the unit the scene stores."""
+    return float(np.log(min_conf)) if scene.conf_is_log else min_conf
+
+
+def _kept(scene: Scene, min_conf: float) -> NDArray[np.bool_]:
+    """(T, H, W): pixels confident enough and with a finite world point."""
+    conf = _np(scene.conf)
+    finite = np.isfinite(_np(scene.pts3d)).all(-1)
+    return (conf > _conf_threshold(scene, min_conf)) & finite
+
+
+def _dynamic(scene: Scene) -> NDArray[np.bool_]:
+    """(T, H, W) dynamic pixels; a scene without masks is all static."""
+    if scene.masks is None:
+        return np.zeros(tuple(scene.depth.shape), bool)
+    return _np(scene.masks).astype(bool)
+
+
+def _write_ply(path: Path, points: np.ndarray, colors: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(points) == 0:
+        path.write_bytes(_EMPTY_PLY)
+    else:
+        trimesh.PointCloud(points, colors=colors).export(str(path), file_type="ply")
+    return path
+
+
+def _savetxt(path: Path, rows: np.ndarray, fmt: str = "%.9g") -> Path:
+    # 9 significant digits give float32 values back exactly
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savetxt(path, rows, fmt=fmt)
+    return path
+
+
+# --- trajectory --------------------------------------------------------------------------------------
+
+
+class TrajectoryExporter:
+    """``scene/trajectory_tum.txt`` (TUM ``t x y z qx qy qz qw``, camera-to-world, t = frame index),
+    ``scene/intrinsics.txt`` (T rows of the 9 entries of K, row-major) and ``scene/focal.txt``.
+
+    ``reference_order`` also writes ``scene/pred_traj.txt`` with the quaternion w-first
+    (``t x y z qw qx qy qz``), the reference's layout, for its tools.
+    """
+
+    def __init__(self, reference_order: bool = False) -> None:
+        self.reference_order = reference_order
+
+    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
+        scene = _scene_of(result)
+        if scene is None:
+            return []
+        folder = Path(out_dir) / "scene"
+        folder.mkdir(parents=True, exist_ok=True)
+        times = np.arange(len(scene), dtype=np.float64)
+        c2w = _np(scene.cam2world).astype(np.float64)
+        written = [folder / "trajectory_tum.txt"]
+        write_tum(written[0], times, c2w)
+        if self.reference_order:
+            written.append(folder / "pred_traj.txt")
+            write_tum(written[-1], times, c2w, quat_order="wxyz")
+        written.append(_savetxt(folder / "intrinsics.txt", _np(scene.intrinsics).reshape(len(scene), 9)))
+        written.append(_savetxt(folder / "focal.txt", _np(scene.focals)))
+        return written
+
+
+# --- depth and confidence ----------------------------------------------------------------------------
+
+
+class DepthExporter:
+    """``scene/depth/{t:04d}.npy`` (float32 z-depth), ``scene/depth/{t:04d}.png`` (inverse depth, turbo,
+    one scale for the whole clip) and ``scene/conf/{t:04d}_conf.npy`` (raw ``1 + exp(x)``) or
+    ``{t:04d}_logconf.npy`` (when the scene stores log-confidence)."""
+
+    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
+        scene = _scene_of(result)
+        if scene is None:
+            return []
+        out_dir = Path(out_dir) / "scene"
+        (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+        (out_dir / "conf").mkdir(parents=True, exist_ok=True)
+        depth = _np(scene.depth).astype(np.float32)
+        conf = _np(scene.conf).astype(np.float32)
+        suffix = "logconf" if scene.conf_is_log else "conf"
+        pictures = self._pictures(depth)
+        written = []
+        for t in range(len(scene)):
+            written.append(out_dir / "depth" / f"{t:04d}.npy")
+            np.save(written[-1], depth[t])
+            written.append(writers.write_png(out_dir / "depth" / f"{t:04d}.png", pictures[t]))
+            written.append(out_dir / "conf" / f"{t:04d}_{suffix}.npy")
+            np.save(written[-1], conf[t])
+        return written
+
+    @staticmethod
+    def _pictures(depth: np.ndarray) -> list[np.ndarray]:
+        """Inverse depth spreads near structure over the colour scale, where depth would crush it; one
+        min-max over the clip keeps colours comparable between frames. Pixels without a positive finite
+        depth are drawn like the farthest ones (NaN → 0 in :func:`writers.colorize`)."""
+        valid = np.isfinite(depth) & (depth > 0)
+        inverse = np.full(depth.shape, np.nan, np.float32)
+        inverse[valid] = 1.0 / depth[valid]
+        if valid.any():
+            low, high = inverse[valid].min(), inverse[valid].max()
+            inverse = (inverse - low) / max(high - low, 1e-12)
+        return [writers.colorize(frame) for frame in inverse]
+
+
+# --- point clouds and GLB ----------------------------------------------------------------------------
+
+
+def _voxel_average(
+    points: np.ndarray, colors: np.ndarray, voxel: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One point per occupied voxel: the mean position and colour of the points in it (sorted by voxel,
+    so the result is deterministic). ``None`` keeps every point."""
+    if voxel is None or len(points) == 0:
+        return points, colors
+    if voxel <= 0:
+        raise ValueError(f"voxel must be > 0 or None, got {voxel}")
+    keys = np.floor(points / voxel).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    sums = np.zeros((len(counts), 3), np.float64)
+    np.add.at(sums, inverse, points.astype(np.float64))
+    color_sums = np.zeros((len(counts), 3), np.float64)
+    np.add.at(color_sums, inverse, colors.astype(np.float64))
+    mean_colors = np.round(color_sums / counts[:, None]).astype(np.uint8)
+    return (sums / counts[:, None]).astype(points.dtype), mean_colors
+
+
+def _frustum(
+    cam2world: np.ndarray, intrinsics: np.ndarray, size: tuple[int, int], depth: float
+) -> np.ndarray:
+    """(8, 2, 3) line segments: apex to the four image corners at z = ``depth``, and the image rectangle.
+    Pixel centres are at integer coordinates, so the image's outer edges are at -0.5 and W-0.5."""
+    height, width = size
+    corners = np.array(
+        [[-0.5, -0.5, 1], [width - 0.5, -0.5, 1], [width - 0.5, height - 0.5, 1], [-0.5, height - 0.5, 1]]
+    )
+    cam = (np.linalg.inv(intrinsics) @ corners.T).T * depth
+    world = cam @ cam2world[:3, :3].T + cam2world[:3, 3]
+    apex = cam2world[:3, 3]
+    sides = [(apex, corner) for corner in world]
+    rim = [(world[k], world[(k + 1) % 4]) for k in range(4)]
+    return np.array(sides + rim)
+
+
+class PointCloudExporter:
+    """Per-frame coloured clouds ``scene/points/{static,dynamic}_{t:04d}.ply``, the fused static cloud
+    ``scene/points/static_fused.ply`` and ``scene/scene.glb`` (fused static cloud, per-frame dynamic
+    clouds ``dynamic_{t:04d}``, camera frusta ``camera_{t:04d}``).
+
+    ``min_conf``: keep pixels whose raw confidence exceeds it (the reference demo's GLB uses 1.1);
+    ``voxel``: edge of the voxels the fused cloud is averaged over, ``None`` keeps every point;
+    ``camera_size``: frustum depth in scene units, ``None`` = 5% of the diagonal of the exported points'
+    (and cameras') bounding box.
+    """
+
+    def __init__(
+        self,
+        min_conf: float = REFERENCE_GLB_MIN_CONF,
+        voxel: float | None = None,
+        camera_size: float | None = None,
+    ) -> None:
+        self.min_conf = min_conf
+        self.voxel = voxel
+        self.camera_size = camera_size
+
+    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
+        scene = _scene_of(result)
+        if scene is None:
+            return []
+        folder = Path(out_dir) / "scene"
+        points, rgb = _np(scene.pts3d), result.frames.rgb()
+        kept, dynamic = _kept(scene, self.min_conf), _dynamic(scene)
+        written = []
+        static_parts, dynamic_parts = [], []
+        for t in range(len(scene)):
+            for name, select, parts in (
+                ("static", kept[t] & ~dynamic[t], static_parts),
+                ("dynamic", kept[t] & dynamic[t], dynamic_parts),
+            ):
+                parts.append((points[t][select], rgb[t][select]))
+                written.append(_write_ply(folder / "points" / f"{name}_{t:04d}.ply", *parts[-1]))
+        fused = _voxel_average(
+            np.concatenate([p for p, _ in static_parts]),
+            np.concatenate([c for _, c in static_parts]),
+            self.voxel,
+        )
+        written.append(_write_ply(folder / "points" / "static_fused.ply", *fused))
+        written.append(self._glb(scene, fused, dynamic_parts, folder / "scene.glb"))
+        return written
+
+    def _glb(
+        self,
+        scene: Scene,
+        fused: tuple[np.ndarray, np.ndarray],
+        dynamic_parts: list[tuple[np.ndarray, np.ndarray]],
+        path: Path,
+    ) -> Path:
+        glb = trimesh.Scene()
+        # glTF cannot hold a primitive without vertices: empty clouds get no node
+        if len(fused[0]):
+            glb.add_geometry(trimesh.PointCloud(*fused), node_name="static_fused", geom_name="static_fused")
+        for t, (points, colors) in enumerate(dynamic_parts):
+            if len(points):
+                name = f"dynamic_{t:04d}"
+                glb.add_geometry(trimesh.PointCloud(points, colors=colors), node_name=name, geom_name=name)
+        c2w = _np(scene.cam2world).astype(np.float64)
+        intrinsics = _np(scene.intrinsics).astype(np.float64)
+        size = self._frustum_size(c2w, [fused[0], *(p for p, _ in dynamic_parts)])
+        # colour the cameras along time (turbo: blue first, red last) so the trajectory's direction shows
+        shades = writers.colorize(np.linspace(0, 1, len(scene))[None])[0]
+        for t in range(len(scene)):
+            lines = trimesh.load_path(_frustum(c2w[t], intrinsics[t], tuple(scene.depth.shape[1:]), size))
+            lines.colors = np.tile(np.append(shades[t], 255), (len(lines.entities), 1)).astype(np.uint8)
+            glb.add_geometry(lines, node_name=f"camera_{t:04d}", geom_name=f"camera_{t:04d}")
+        path.write_bytes(glb.export(file_type="glb"))
+        return path
+
+    def _frustum_size(self, c2w: np.ndarray, clouds: list[np.ndarray]) -> float:
+        if self.camera_size is not None:
+            return self.camera_size
+        everything = np.concatenate([c2w[:, :3, 3], *clouds])
+        diagonal = float(np.linalg.norm(everything.max(0) - everything.min(0)))
+        return 0.05 * diagonal if diagonal > 0 else 1.0
+
+
+# --- COLMAP ------------------------------------------------------------------------------------------
+
+
+def _image_names(paths: list[str]) -> list[str]:
+    """The frames' file names with a ``.png`` suffix (the copies are PNG). Characters that are unsafe in
+    file names (e.g. the ``#`` of ``video.mp4#12``) become ``_``; if names collide, every name gets its
+    frame index as a prefix, which also keeps frame order under the name sort many loaders apply."""
+    names = []
+    for path in paths:
+        name = Path(path).name
+        if Path(name).suffix.lower() in _IMAGE_SUFFIXES:
+            name = Path(name).stem
+        names.append(re.sub(r"[^A-Za-z0-9._-]", "_", name) + ".png")
+    if len(set(names)) < len(names):
+        names = [f"{t:04d}_{name}" for t, name in enumerate(names)]
+    return names
+
+
+class ColmapExporter:
+    """COLMAP text model of the static scene in ``scene/colmap/``: ``cameras.txt`` (PINHOLE),
+    ``images.txt`` (world-to-camera poses), ``points3D.txt`` (static points, empty tracks) and the frames
+    as PNG in ``images/``, the starting point 3D Gaussian splatting / NeRF tools expect.
+
+    ``max_points``: at most this many points, drawn without replacement by a fixed-seed generator;
+    ``min_conf``: as for the point clouds.
+    """
+
+    def __init__(self, max_points: int = 100_000, min_conf: float = REFERENCE_GLB_MIN_CONF) -> None:
+        if max_points < 0:
+            raise ValueError(f"max_points must be >= 0, got {max_points}")
+        self.max_points = max_points
+        self.min_conf = min_conf
+
+    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
+        scene = _scene_of(result)
+        if scene is None:
+            return []
+        folder = Path(out_dir) / "scene" / "colmap"
+        folder.mkdir(parents=True, exist_ok=True)
+        names = _image_names(list(result.frames.paths))
+        rgb = result.frames.rgb()
+        camera_ids = self._write_cameras(folder / "cameras.txt", scene)
+        self._write_images(folder / "images.txt", scene, camera_ids, names)
+        self._write_points(folder / "points3D.txt", scene, rgb)
+        written = [folder / "cameras.txt", folder / "images.txt", folder / "points3D.txt"]
+        written += [writers.write_png(folder / "images" / name, image) for name, image in zip(names, rgb)]
+        return written
+
+    @staticmethod
+    def _write_cameras(path: Path, scene: Scene) -> list[int]:
+        """One camera per frame, or a single one when every frame has the same K. COLMAP puts pixel
+        centres at +0.5 (the image spans [0, W]) where the scene puts them at integers, so cx, cy shift by
+        half a pixel: the same rays, in COLMAP's convention."""
+        intrinsics = _np(scene.intrinsics).astype(np.float64)
+        height, width = scene.depth.shape[1:]
+        shared = bool((intrinsics == intrinsics[:1]).all())
+        unique = intrinsics[:1] if shared else intrinsics
+        lines = [
+            "# Camera list with one line of data per camera:",
+            "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
+            f"# Number of cameras: {len(unique)}",
+        ]
+        for c, k in enumerate(unique, start=1):
+            params = (k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5)
+            lines.append(f"{c} PINHOLE {width} {height} " + " ".join(f"{p:.17g}" for p in params))
+        path.write_text("\n".join(lines) + "\n")
+        return [1] * len(scene) if shared else list(range(1, len(scene) + 1))
+
+    @staticmethod
+    def _write_images(path: Path, scene: Scene, camera_ids: list[int], names: list[str]) -> None:
+        c2w = _np(scene.cam2world).astype(np.float64)
+        rot_w2c = c2w[:, :3, :3].transpose(0, 2, 1)
+        trans_w2c = -np.einsum("tij,tj->ti", rot_w2c, c2w[:, :3, 3])
+        quat = Rotation.from_matrix(rot_w2c).as_quat()  # x y z w
+        quat = np.roll(quat, 1, axis=1)  # COLMAP: w x y z
+        quat *= np.where(quat[:, :1] < 0, -1.0, 1.0)  # q and -q are one rotation: pick qw >= 0
+        lines = [
+            "# Image list with two lines of data per image:",
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+            "#   POINTS2D[] as (X, Y, POINT3D_ID)",
+            f"# Number of images: {len(scene)}, mean observations per image: 0",
+        ]
+        for t in range(len(scene)):
+            numbers = " ".join(f"{v:.17g}" for v in (*quat[t], *trans_w2c[t]))
+            # the second line (2D observations) stays empty: the points carry no tracks
+            lines += [f"{t + 1} {numbers} {camera_ids[t]} {names[t]}", ""]
+        path.write_text("\n".join(lines) + "\n")
+
+    def _write_points(self, path: Path, scene: Scene, rgb: np.ndarray) -> None:
+        select = _kept(scene, self.min_conf) & ~_dynamic(scene)
+        points = _np(scene.pts3d)[select].astype(np.float32)
+        colors = rgb[select]
+        if len(points) > self.max_points:
+            chosen = np.sort(np.random.default_rng(0).choice(len(points), self.max_points, replace=False))
+            points, colors = points[chosen], colors[chosen]
+        lines = [
+            "# 3D point list with one line of data per point:",
+            "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
+            f"# Number of points: {len(points)}, mean track length: 0",
+        ]
+        lines += [
+            f"{i} {x:.9g} {y:.9g} {z:.9g} {r} {g} {b} 0"
+            for i, ((x, y, z), (r, g, b)) in enumerate(zip(points.tolist(), colors.tolist()), start=1)
+        ]
+        path.write_text("\n".join(lines) + "\n")
+
+
+# --- everything numeric ------------------------------------------------------------------------------
+
+
+class SceneExporter:
+    """``scene/scene.safetensors``: cam2world, intrinsics, focals, depth, conf, pts3d and masks (when
+    the scene has them), with the frame paths, ``conf_is_log`` and the camera convention as metadata."""
+
+    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
+        scene = _scene_of(result)
+        if scene is None:
+            return []
+        tensors = {
+            "cam2world": scene.cam2world,
+            "intrinsics": scene.intrinsics,
+            "focals": scene.focals,
+            "depth": scene.depth,
+            "conf": scene.conf,
+            "pts3d": scene.pts3d,
+        }
+        if scene.masks is not None:
+            tensors["masks"] = scene.masks.bool()
+        metadata = {
+            "frames": json.dumps(list(result.frames.paths)),
+            "conf_is_log": json.dumps(bool(scene.conf_is_log)),
+            "convention": "opencv camera-to-world",
+        }
+        return [writers.save_safetensors(Path(out_dir) / "scene" / "scene.safetensors", tensors, metadata)]

@@ -1,0 +1,389 @@
+"""The scene exporters on a small synthetic scene, read back with readers that share no code with them
+(evo for TUM, trimesh for PLY/GLB, a COLMAP text parser written here, safetensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from omegaconf import OmegaConf
+from PIL import Image
+from safetensors import safe_open
+
+from easi3r import writers
+from easi3r.geometry import Scene
+from easi3r.pipeline import RunResult
+from easi3r.plugins import registry
+from easi3r.strategies.scene_exporters import (
+    ColmapExporter,
+    DepthExporter,
+    PointCloudExporter,
+    SceneExporter,
+    TrajectoryExporter,
+)
+from easi3r.synthetic import make_scene
+from easi3r.types import Encoded, Frames
+
+T, H, W = 4, 24, 32
+MIN_CONF = 1.1
+EXPORTERS = (TrajectoryExporter, DepthExporter, PointCloudExporter, ColmapExporter, SceneExporter)
+
+
+def synthetic_scene(conf_is_log: bool = False) -> tuple[Scene, torch.Tensor]:
+    """(scene, rgb (T, 3, H, W) in [-1, 1]); confidences spread around the 1.1 threshold, so the filter
+    drops some static and some dynamic pixels."""
+    synth = make_scene(n_frames=T, size=(H, W), seed=0)
+    scene = synth.to_scene()
+    conf = 1 + 0.4 * torch.rand(T, H, W, generator=torch.Generator().manual_seed(0))
+    scene.conf = conf.log() if conf_is_log else conf
+    scene.conf_is_log = conf_is_log
+    return scene, synth.images()
+
+
+def fake_result(scene: Scene | None, images: torch.Tensor, paths: list[str] | None = None) -> RunResult:
+    return RunResult(
+        recipe=OmegaConf.create({"export": {"dilate": 3}, "passes": {"masks_from": "pass1"}}),
+        frames=Frames(images=images, paths=paths or [f"clip/{t:05d}.jpg" for t in range(T)]),
+        pairs=torch.tensor([[0, 1], [1, 0]]),
+        encoded=Encoded(
+            tokens=torch.zeros(T, 2, 4),
+            positions=torch.tensor([[0, 0], [0, 1]]),
+            grid=(1, 2),
+            image_size=(H, W),
+        ),
+        scene=scene,
+    )
+
+
+@pytest.fixture
+def result() -> RunResult:
+    return fake_result(*synthetic_scene())
+
+
+def selections(result: RunResult) -> tuple[np.ndarray, np.ndarray]:
+    """(T, H, W) static and dynamic pixels kept by the confidence filter, computed here independently."""
+    scene = result.scene
+    raw = scene.conf.exp() if scene.conf_is_log else scene.conf
+    kept = (raw > MIN_CONF).numpy()
+    dynamic = scene.masks.numpy()
+    return kept & ~dynamic, kept & dynamic
+
+
+def load_cloud(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    cloud = trimesh.load(path)
+    if isinstance(cloud, trimesh.Scene):  # what trimesh makes of a PLY without vertices
+        assert len(cloud.geometry) == 0
+        return np.zeros((0, 3)), np.zeros((0, 3), np.uint8)
+    assert isinstance(cloud, trimesh.PointCloud)
+    return np.asarray(cloud.vertices), np.asarray(cloud.colors)[:, :3]
+
+
+# --- trajectory --------------------------------------------------------------------------------------
+
+
+def test_trajectory_reads_back_with_evo(result, tmp_path: Path) -> None:
+    file_interface = pytest.importorskip("evo.tools.file_interface")
+    written = TrajectoryExporter(reference_order=True)(result, tmp_path)
+    folder = tmp_path / "scene"
+    assert sorted(written) == sorted(
+        folder / name for name in ("trajectory_tum.txt", "pred_traj.txt", "intrinsics.txt", "focal.txt")
+    )
+    c2w = result.scene.cam2world.double().numpy()
+
+    traj = file_interface.read_tum_trajectory_file(str(folder / "trajectory_tum.txt"))
+    np.testing.assert_allclose(traj.timestamps, np.arange(T))
+    np.testing.assert_allclose(traj.positions_xyz, c2w[:, :3, 3], atol=1e-6)
+    np.testing.assert_allclose(np.stack(traj.poses_se3), c2w, atol=1e-6)
+    wxyz = traj.orientations_quat_wxyz  # evo keeps w first internally
+
+    # the reference's order: the same quaternions with w in column 4 instead of column 7
+    reference = np.loadtxt(folder / "pred_traj.txt")
+    np.testing.assert_allclose(reference[:, :4], np.column_stack([np.arange(T), c2w[:, :3, 3]]), atol=1e-6)
+    np.testing.assert_allclose(reference[:, 4:], wxyz, atol=1e-6)
+    np.testing.assert_allclose(
+        np.loadtxt(folder / "trajectory_tum.txt")[:, 4:], np.roll(wxyz, -1, 1), atol=1e-6
+    )
+
+    np.testing.assert_allclose(np.loadtxt(folder / "intrinsics.txt"), result.scene.intrinsics.reshape(T, 9))
+    np.testing.assert_allclose(np.loadtxt(folder / "focal.txt"), result.scene.focals)
+
+
+def test_trajectory_default_has_no_reference_file(result, tmp_path: Path) -> None:
+    written = TrajectoryExporter()(result, tmp_path)
+    assert tmp_path / "scene" / "pred_traj.txt" not in written
+    assert not (tmp_path / "scene" / "pred_traj.txt").exists()
+
+
+# --- depth -------------------------------------------------------------------------------------------
+
+
+def test_depth_and_conf_files(result, tmp_path: Path) -> None:
+    written = DepthExporter()(result, tmp_path)
+    assert len(written) == 3 * T and all(path.is_file() for path in written)
+    depth = result.scene.depth.numpy()
+    for t in range(T):
+        saved = np.load(tmp_path / "scene" / "depth" / f"{t:04d}.npy")
+        assert saved.dtype == np.float32 and saved.shape == (H, W)
+        np.testing.assert_array_equal(saved, depth[t])
+        np.testing.assert_array_equal(
+            np.load(tmp_path / "scene" / "conf" / f"{t:04d}_conf.npy"), result.scene.conf[t].numpy()
+        )
+    assert not list((tmp_path / "scene" / "conf").glob("*_logconf.npy"))
+
+    # inverse depth over one scale for the clip: the nearest pixel is drawn as 1, the farthest as 0
+    near = np.unravel_index(depth.argmin(), depth.shape)
+    far = np.unravel_index(depth.argmax(), depth.shape)
+    with Image.open(tmp_path / "scene" / "depth" / f"{near[0]:04d}.png") as image:
+        np.testing.assert_array_equal(np.asarray(image)[near[1:]], writers.colorize(np.ones((1, 1)))[0, 0])
+    with Image.open(tmp_path / "scene" / "depth" / f"{far[0]:04d}.png") as image:
+        picture = np.asarray(image)
+        assert picture.shape == (H, W, 3) and picture.dtype == np.uint8
+        np.testing.assert_array_equal(picture[far[1:]], writers.colorize(np.zeros((1, 1)))[0, 0])
+
+
+def test_log_confidence_says_so_in_the_name(tmp_path: Path) -> None:
+    scene, images = synthetic_scene(conf_is_log=True)
+    DepthExporter()(fake_result(scene, images), tmp_path)
+    conf_dir = tmp_path / "scene" / "conf"
+    assert sorted(p.name for p in conf_dir.iterdir()) == [f"{t:04d}_logconf.npy" for t in range(T)]
+    np.testing.assert_array_equal(np.load(conf_dir / "0002_logconf.npy"), scene.conf[2].numpy())
+
+
+# --- point clouds ------------------------------------------------------------------------------------
+
+
+def test_point_clouds_split_filter_and_colour(result, tmp_path: Path) -> None:
+    written = PointCloudExporter()(result, tmp_path)
+    assert len(written) == 2 * T + 2 and all(path.is_file() for path in written)
+    static, dynamic = selections(result)
+    assert static.any() and dynamic.any() and not (static | dynamic).all()  # the filter dropped some
+    pts, rgb = result.scene.pts3d.numpy(), result.frames.rgb()
+    for t in range(T):
+        for name, select in (("static", static[t]), ("dynamic", dynamic[t])):
+            path = tmp_path / "scene" / "points" / f"{name}_{t:04d}.ply"
+            assert path.read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+            vertices, colors = load_cloud(path)
+            assert len(vertices) == select.sum()
+            np.testing.assert_array_equal(vertices, pts[t][select])
+            np.testing.assert_array_equal(colors, rgb[t][select])
+
+    fused, fused_colors = load_cloud(tmp_path / "scene" / "points" / "static_fused.ply")
+    np.testing.assert_array_equal(fused, pts[static])  # frame-major, row-major order
+    np.testing.assert_array_equal(fused_colors, rgb[static])
+
+    glb = trimesh.load(tmp_path / "scene" / "scene.glb")
+    assert isinstance(glb, trimesh.Scene)
+    dynamic_frames = [t for t in range(T) if dynamic[t].any()]
+    expected = {
+        "static_fused",
+        *(f"dynamic_{t:04d}" for t in dynamic_frames),
+        *(f"camera_{t:04d}" for t in range(T)),
+    }
+    assert set(glb.graph.nodes_geometry) == expected
+    for node in glb.graph.nodes_geometry:
+        transform, geometry = glb.graph[node]
+        np.testing.assert_array_equal(transform, np.eye(4))  # coordinates are the scene's, unmoved
+        assert geometry == node
+    np.testing.assert_array_equal(glb.geometry["static_fused"].vertices, pts[static])
+    np.testing.assert_array_equal(glb.geometry["static_fused"].colors[:, :3], rgb[static])
+    for t in dynamic_frames:
+        cloud = glb.geometry[f"dynamic_{t:04d}"]
+        np.testing.assert_array_equal(cloud.vertices, pts[t][dynamic[t]])
+        np.testing.assert_array_equal(cloud.colors[:, :3], rgb[t][dynamic[t]])
+    for t in range(T):
+        frustum = glb.geometry[f"camera_{t:04d}"]
+        assert isinstance(frustum, trimesh.path.Path3D)
+        centre = result.scene.cam2world[t, :3, 3].numpy()
+        assert np.linalg.norm(frustum.vertices - centre, axis=1).min() < 1e-5  # the apex
+
+
+def test_fused_cloud_voxel_average(result, tmp_path: Path) -> None:
+    voxel = 0.5
+    PointCloudExporter(voxel=voxel)(result, tmp_path)
+    fused, colors = load_cloud(tmp_path / "scene" / "points" / "static_fused.ply")
+    static, _ = selections(result)
+    pts = result.scene.pts3d.numpy()[static].astype(np.float64)
+    keys = np.floor(pts / voxel)
+    occupied = np.unique(keys, axis=0)
+    assert len(fused) == len(occupied) < len(pts)
+    # every output point is the mean of the input points of one voxel, so it lies in that voxel
+    np.testing.assert_array_equal(np.unique(np.floor(fused / voxel), axis=0), occupied)
+    first = (keys == occupied[0]).all(1)
+    np.testing.assert_allclose(fused[0], pts[first].mean(0), atol=1e-5)
+    expected = np.round(result.frames.rgb()[static][first].mean(0))
+    np.testing.assert_array_equal(colors[0], expected)
+
+
+def test_frames_without_confident_points_get_empty_files(tmp_path: Path) -> None:
+    scene, images = synthetic_scene()
+    scene.conf[1] = 1.0  # frame 1: nothing above the threshold
+    PointCloudExporter()(fake_result(scene, images), tmp_path)
+    for name in ("static", "dynamic"):
+        vertices, _ = load_cloud(tmp_path / "scene" / "points" / f"{name}_0001.ply")
+        assert len(vertices) == 0
+    assert "dynamic_0001" not in trimesh.load(tmp_path / "scene" / "scene.glb").graph.nodes_geometry
+
+
+# --- COLMAP ------------------------------------------------------------------------------------------
+
+
+def read_colmap(folder: Path) -> tuple[dict, dict, dict]:
+    """Minimal COLMAP text reader: cameras {id: (model, w, h, params)}, images {id: (qvec, tvec, camera
+    id, name)}, points {id: (xyz, rgb, error)}; it checks that tracks and 2D observations are empty."""
+
+    def data_lines(name: str, keep_empty: bool = False) -> list[str]:
+        lines = (folder / name).read_text().split("\n")[:-1]
+        return [line for line in lines if not line.startswith("#") and (keep_empty or line)]
+
+    cameras = {}
+    for line in data_lines("cameras.txt"):
+        elems = line.split()
+        cameras[int(elems[0])] = (elems[1], int(elems[2]), int(elems[3]), np.array(elems[4:], float))
+    images = {}
+    image_lines = data_lines("images.txt", keep_empty=True)
+    for line, observations in zip(image_lines[::2], image_lines[1::2]):
+        elems = line.split()
+        assert observations == ""
+        images[int(elems[0])] = (
+            np.array(elems[1:5], float),
+            np.array(elems[5:8], float),
+            int(elems[8]),
+            elems[9],
+        )
+    points = {}
+    for line in data_lines("points3D.txt"):
+        elems = line.split()
+        assert len(elems) == 8  # no track
+        points[int(elems[0])] = (np.array(elems[1:4], float), np.array(elems[4:7], int), float(elems[7]))
+    return cameras, images, points
+
+
+def quat_wxyz_to_rotmat(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def test_colmap_model(result, tmp_path: Path) -> None:
+    written = ColmapExporter(max_points=50)(result, tmp_path)
+    folder = tmp_path / "scene" / "colmap"
+    assert all(path.is_file() for path in written) and len(written) == 3 + T
+    cameras, images, points = read_colmap(folder)
+    scene = result.scene
+
+    # synthetic frames share one K: one camera; COLMAP's pixel centres sit half a pixel further
+    assert list(cameras) == [1]
+    model, width, height, params = cameras[1]
+    k = scene.intrinsics[0].double().numpy()
+    assert (model, width, height) == ("PINHOLE", W, H)
+    np.testing.assert_allclose(params, [k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5], rtol=1e-7)
+
+    assert sorted(images) == list(range(1, T + 1))
+    rgb = result.frames.rgb()
+    for t in range(T):
+        qvec, tvec, camera_id, name = images[t + 1]
+        assert camera_id == 1 and name == f"{t:05d}.png" and qvec[0] >= 0
+        world2cam = np.eye(4)
+        world2cam[:3, :3], world2cam[:3, 3] = quat_wxyz_to_rotmat(qvec), tvec
+        np.testing.assert_allclose(np.linalg.inv(world2cam), scene.cam2world[t].double().numpy(), atol=1e-6)
+        with Image.open(folder / "images" / name) as image:
+            np.testing.assert_array_equal(np.asarray(image), rgb[t])
+
+    static, _ = selections(result)
+    candidates = scene.pts3d.numpy()[static]
+    candidate_colors = rgb[static]
+    assert sorted(points) == list(range(1, 51)) and len(candidates) > 50
+    rows = []
+    for xyz, color, error in points.values():
+        match = np.flatnonzero((candidates == xyz.astype(np.float32)).all(1))
+        assert len(match) >= 1 and error == 0
+        np.testing.assert_array_equal(candidate_colors[match[0]], color)
+        rows.append(match[0])
+    assert len(set(rows)) == 50  # drawn without replacement
+
+    # deterministic subsampling
+    ColmapExporter(max_points=50)(result, tmp_path / "again")
+    assert (folder / "points3D.txt").read_bytes() == (
+        tmp_path / "again" / "scene" / "colmap" / "points3D.txt"
+    ).read_bytes()
+
+
+def test_colmap_per_frame_cameras_and_unique_names(tmp_path: Path) -> None:
+    scene, images = synthetic_scene()
+    scene.intrinsics[2, 0, 0] += 1.0  # one frame with its own focal
+    paths = [f"video.mp4#{t}" for t in range(T)]
+    ColmapExporter()(fake_result(scene, images, paths), tmp_path)
+    cameras, image_entries, points = read_colmap(tmp_path / "scene" / "colmap")
+    assert sorted(cameras) == list(range(1, T + 1))
+    np.testing.assert_allclose(cameras[3][3][0], scene.intrinsics[2, 0, 0].item(), rtol=1e-7)
+    names = [image_entries[t + 1][3] for t in range(T)]
+    assert names == [f"video.mp4_{t}.png" for t in range(T)]
+    assert [image_entries[t + 1][2] for t in range(T)] == list(range(1, T + 1))
+    assert len(points) == selections(fake_result(scene, images))[0].sum()  # under max_points: every point
+
+    collide = [f"{folder}/frame.jpg" for folder in "abcd"]
+    ColmapExporter()(fake_result(scene, images, collide), tmp_path / "collide")
+    _, collided, _ = read_colmap(tmp_path / "collide" / "scene" / "colmap")
+    assert [collided[t + 1][3] for t in range(T)] == [f"{t:04d}_frame.png" for t in range(T)]
+
+
+# --- scene.safetensors -------------------------------------------------------------------------------
+
+
+def test_scene_safetensors(result, tmp_path: Path) -> None:
+    (path,) = SceneExporter()(result, tmp_path)
+    assert path == tmp_path / "scene" / "scene.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        loaded = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    shapes = {
+        "cam2world": (T, 4, 4),
+        "intrinsics": (T, 3, 3),
+        "focals": (T,),
+        "depth": (T, H, W),
+        "conf": (T, H, W),
+        "pts3d": (T, H, W, 3),
+        "masks": (T, H, W),
+    }
+    assert {key: tuple(value.shape) for key, value in loaded.items()} == shapes
+    assert loaded["masks"].dtype == torch.bool
+    for key in ("cam2world", "intrinsics", "depth", "conf", "pts3d", "masks"):
+        torch.testing.assert_close(loaded[key], getattr(result.scene, key))
+    torch.testing.assert_close(loaded["focals"], result.scene.focals)
+    assert json.loads(metadata["frames"]) == result.frames.paths
+    assert json.loads(metadata["conf_is_log"]) is False
+    assert metadata["convention"] == "opencv camera-to-world"
+
+
+# --- all exporters -----------------------------------------------------------------------------------
+
+
+def test_no_scene_no_files(tmp_path: Path) -> None:
+    _, images = synthetic_scene()
+    bare = fake_result(None, images)
+    for exporter in EXPORTERS:
+        assert exporter()(bare, tmp_path) == []
+    assert not any(tmp_path.iterdir())
+
+
+def test_scene_exporters_are_deterministic_and_registered(result, tmp_path: Path) -> None:
+    names = ("trajectory", "depth", "pointcloud", "colmap", "scene")
+
+    def export(folder: Path) -> dict[str, bytes]:
+        paths = [p for name in names for p in registry("exporters").create({"name": name})(result, folder)]
+        return {str(p.relative_to(folder)): p.read_bytes() for p in paths}
+
+    assert export(tmp_path / "one") == export(tmp_path / "two")
+    exporters = registry("exporters")
+    for name, cls in zip(names, EXPORTERS):
+        assert isinstance(exporters.create({"name": name}), cls)
+    assert exporters.create({"name": "pointcloud", "voxel": 0.1}).voxel == 0.1
