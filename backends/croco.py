@@ -52,6 +52,8 @@ class RoPE2D(nn.Module):
 
     def forward(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """tokens ``(B, heads, N, d)``, positions ``(B, N, 2)`` integer (row, col)."""
+        if positions.shape[0] > 1 and positions.stride(0) == 0:
+            positions = positions[:1]  # one grid expanded over the batch: look the angles up once
         half = tokens.shape[-1] // 2
         cos, sin = self._cos_sin(half, int(positions.max()) + 1, tokens.device, tokens.dtype)
         rows, cols = tokens.chunk(2, dim=-1)

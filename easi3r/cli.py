@@ -1,12 +1,14 @@
 """The ``easi3r`` command.
 
     easi3r run FRAMES_OR_VIDEO [--recipe NAME] -o OUT [--checkpoint PATH] [key=value ...]
+    easi3r eval --dataset NAME --root PATH [--recipe NAME] -o OUT [--sequences a,b] [key=value ...]
     easi3r demo [-o OUT]
     easi3r view OUT [--port 8080] [--host 127.0.0.1] [--max-points-per-frame N] [--min-conf C]
     easi3r plugins | recipes [NAME] | validate RECIPE [key=value ...] | convert SRC.pth DST_DIR
 
 A problem with the user's input is printed as one line (``easi3r: error: ...``) with exit status 2;
-nothing is left half-written.
+nothing is left half-written. ``eval`` exits with status 1 when some sequences failed (their errors are
+in the summary it writes).
 """
 
 from __future__ import annotations
@@ -48,6 +50,46 @@ def _run(args: argparse.Namespace) -> int:
     if masks is not None:
         summary += f", dynamic pixels {100 * masks.masks.float().mean():.1f}%"
     print(f"easi3r: wrote {args.out} ({summary})")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from easi3r.eval.runner import evaluate
+
+    overrides = list(args.overrides)
+    if args.checkpoint is not None:
+        overrides.append(f"backbone.checkpoint={args.checkpoint}")
+    if args.device is not None:
+        overrides.append(f"backbone.device={args.device}")
+    sequences = None
+    if args.sequences is not None:
+        sequences = [name.strip() for name in args.sequences.split(",") if name.strip()]
+        if not sequences:
+            raise Easi3RError("--sequences is empty: give comma-separated sequence names, or 'all'")
+    summary = evaluate(
+        args.dataset,
+        args.root,
+        args.recipe,
+        args.out,
+        overrides,
+        sequences,
+        args.mask_convention,
+        depth_align=args.depth_align,
+        overwrite=args.overwrite,
+        log=lambda line: print(f"easi3r eval: {line}", file=sys.stderr),
+    )
+    scored = len(summary.sequences) - len(summary.failed)
+    print(
+        f"easi3r: wrote {Path(args.out) / 'summary.md'} ({scored} of {len(summary.sequences)} sequences scored)"
+    )
+    if summary.failed:
+        first = summary.failed[0]
+        print(
+            f"easi3r: error: {len(summary.failed)} of {len(summary.sequences)} sequences failed "
+            f"(first: {first.name}: {first.error})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -140,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     run.set_defaults(func=_run)
 
+    ev = sub.add_parser(
+        "eval", help="run a recipe over a benchmark dataset and score it (docs/evaluation.md)"
+    )
+    ev.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="recipe overrides")
+    ev.add_argument(
+        "--dataset", "-d", required=True, help="davis, davis16, davis17, tum, dycheck, adt, sintel, bonn"
+    )
+    ev.add_argument("--root", required=True, help="the dataset folder (layouts: docs/evaluation.md)")
+    ev.add_argument("--recipe", "-r", default="easi3r_dust3r", help="recipe name or YAML path")
+    ev.add_argument("--out", "-o", required=True, help="output folder: one run folder per sequence + summary")
+    ev.add_argument(
+        "--sequences", help="comma-separated sequence names, or 'all' (default: the standard split)"
+    )
+    ev.add_argument(
+        "--mask-convention",
+        choices=["per_frame", "per_sequence"],
+        default="per_frame",
+        help="average J/F over all frames (reference) or per sequence first (DAVIS benchmark)",
+    )
+    ev.add_argument(
+        "--depth-align",
+        choices=["median", "lstsq_scale", "lstsq_scale_shift", "none"],
+        default="lstsq_scale_shift",
+        help="per-video alignment of the predicted depth to the ground truth",
+    )
+    ev.add_argument("--checkpoint", help="DUSt3R/MonST3R checkpoint (.pth, hub folder or hub id)")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides backbone.device")
+    ev.add_argument(
+        "--overwrite", action="store_true", help="write into an existing, non-empty output folder"
+    )
+    ev.set_defaults(func=_eval)
+
     demo = sub.add_parser("demo", help="the whole pipeline on a generated clip with the bundled tiny model")
     demo.add_argument("--out", "-o", default="easi3r-demo", help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -193,11 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # overrides may follow options (``run FRAMES -o OUT refine.k=32``): collect what argparse left over
     args, extra = parser.parse_known_args(argv)
     unknown = [item for item in extra if not OVERRIDE.match(item)]
-    if unknown or (extra and args.command not in ("run", "validate")):
+    if unknown or (extra and args.command not in ("run", "validate", "eval")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if args.command == "run":
         args.items += extra
-    elif args.command == "validate":
+    elif args.command in ("validate", "eval"):
         args.overrides += extra
     try:
         return args.func(args)

@@ -15,7 +15,7 @@ import numpy as np
 
 from easi3r.api import run
 
-DEMO_FRAMES = 10
+DEMO_FRAMES = 8
 DEMO_SIZE = (144, 256)  # (H, W): the tiny model's golden configuration
 
 

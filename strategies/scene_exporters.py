@@ -398,8 +398,8 @@ class ColmapExporter:
 
 
 class SceneExporter:
-    """``scene/scene.safetensors``: cam2world, intrinsics, focals, depth, conf, pts3d and masks (when
-    the scene has them), with the frame paths, ``conf_is_log`` and the camera convention as metadata."""
+    """``scene/scene.safetensors``: cam2world, intrinsics, focals, depth, conf, pts3d, the frames' colours
+    (``rgb``, what the viewer draws) and masks (when the scene has them), with the frame paths, ``conf_is_log`` and the camera convention as metadata."""
 
     def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
         scene = _scene_of(result)
@@ -412,6 +412,7 @@ class SceneExporter:
             "depth": scene.depth,
             "conf": scene.conf,
             "pts3d": scene.pts3d,
+            "rgb": result.frames.rgb(),
         }
         if scene.masks is not None:
             tensors["masks"] = scene.masks.bool()

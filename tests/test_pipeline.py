@@ -33,6 +33,7 @@ def golden_run(tmp_path_factory, golden_info):
             "run", str(frames_dir), "--recipe", "easi3r_dust3r", "-o", str(out), "--save-intermediates",
             "--checkpoint", str(GOLDEN_NET / "weights.pth"), "--device", "cpu",
             f"frames.size={golden_info['image_size']}", f"pairs.graph={golden_info['scene_graph']}",
+            "align.iters=5",  # the golden network's linear heads give degenerate geometry: the masks are the point
         ]
     )  # fmt: skip
     assert code == 0
@@ -113,7 +114,8 @@ def test_demo(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "RANDOM weights" in text and "--checkpoint" in text
     assert (tmp_path / "demo" / "overview.png").is_file()
-    assert len(list((tmp_path / "demo" / "masks").glob("dynamic_mask_*.png"))) == 10
+    assert len(list((tmp_path / "demo" / "masks").glob("dynamic_mask_*.png"))) == 8
+    assert (tmp_path / "demo" / "scene" / "trajectory_tum.txt").is_file()
 
 
 def test_single_pass_baseline(tmp_path):

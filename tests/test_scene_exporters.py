@@ -352,10 +352,12 @@ def test_scene_safetensors(result, tmp_path: Path) -> None:
         "depth": (T, H, W),
         "conf": (T, H, W),
         "pts3d": (T, H, W, 3),
+        "rgb": (T, H, W, 3),
         "masks": (T, H, W),
     }
     assert {key: tuple(value.shape) for key, value in loaded.items()} == shapes
     assert loaded["masks"].dtype == torch.bool
+    assert torch.equal(loaded["rgb"], torch.from_numpy(result.frames.rgb()))
     for key in ("cam2world", "intrinsics", "depth", "conf", "pts3d", "masks"):
         torch.testing.assert_close(loaded[key], getattr(result.scene, key))
     torch.testing.assert_close(loaded["focals"], result.scene.focals)

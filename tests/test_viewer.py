@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import signal
@@ -9,8 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -21,7 +27,9 @@ from easi3r.errors import Easi3RError
 from easi3r.synthetic import SyntheticScene, make_scene
 from easi3r.viewer import SCENE_FILE, load_scene_for_viewing, select_points
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium")  # Debian packages chromium and chromium-driver
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+T = TypeVar("T")
 
 
 def write_scene(out_dir: Path, drop: tuple[str, ...] = (), **scene_args) -> SyntheticScene:
@@ -98,23 +106,127 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_url(server: subprocess.Popen, log: Path, timeout: float) -> str:
-    """The URL the server printed (viser moves to the next port when ours was taken meanwhile), once its
-    HTTP port answers."""
+def _poll(attempt: Callable[[], T | None], timeout: float, what: str) -> T:
+    """The first result of ``attempt`` that is not None, trying every 0.25 s for ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        result = attempt()
+        if result is not None:
+            return result
+        time.sleep(0.25)
+    pytest.fail(f"{what} within {timeout} s")
+
+
+class WebDriver:
+    """The few W3C WebDriver commands this test needs, sent to chromedriver over HTTP (no Selenium)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.session = ""
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.base}{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())["value"]
+
+    def command(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.call(method, f"/session/{self.session}{path}", body)
+
+    def ready(self) -> bool | None:
+        try:
+            return self.call("GET", "/status")["ready"] or None
+        except OSError:  # not listening yet
+            return None
+
+    def screenshot(self) -> np.ndarray:
+        from PIL import Image
+
+        png = base64.b64decode(self.command("GET", "/screenshot"))
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+    def click(self, xpath: str) -> None:
+        element = self.command("POST", "/element", {"using": "xpath", "value": xpath})
+        self.command("POST", f"/element/{next(iter(element.values()))}/click", {})
+
+    def input_values(self) -> list[str]:
+        script = "return Array.from(document.querySelectorAll('input'), input => input.value)"
+        return self.command("POST", "/execute/sync", {"script": script, "args": []})
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium driven through chromedriver."""
+    pytest.importorskip("viser")
+    for program in (CHROMIUM, CHROMEDRIVER):
+        if not program.exists():
+            pytest.skip(f"no {program} (Debian packages chromium and chromium-driver)")
+    port = _free_port()
+    driver_process = subprocess.Popen(
+        [str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    driver = WebDriver(port)
+    try:
+        _poll(driver.ready, 20, "chromedriver did not start")
+        args = [
+            "--headless",
+            "--no-sandbox",  # CI runs as root
+            "--disable-gpu",  # WebGL then runs on SwiftShader, which is what is being tested
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1024,768",
+        ]
+        options = {"binary": str(CHROMIUM), "args": args}
+        capabilities = {"browserName": "chrome", "goog:chromeOptions": options}
+        driver.session = driver.call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities}})[
+            "sessionId"
+        ]
+        yield driver
+    finally:
+        if driver.session:
+            driver.command("DELETE", "")
+        driver_process.terminate()
+        driver_process.wait(timeout=10)
+
+
+@contextmanager
+def serving(out_dir: Path, log: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``easi3r view out_dir`` in a subprocess, and its URL once its HTTP port answers; stopped with
+    Ctrl-C's signal."""
+    # the synthetic scene's confidence is 1 everywhere: --min-conf 0 keeps every point
+    command = [sys.executable, "-m", "easi3r.cli", "view", str(out_dir), "--min-conf", "0"]
+    command += ["--port", str(_free_port())]
+    with log.open("w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+    def url() -> str | None:
         if server.poll() is not None:
             pytest.fail(f"easi3r view exited with {server.returncode}:\n{log.read_text()}")
+        # the printed URL, since viser moves to the next port when ours was taken meanwhile
         found = re.search(r"http://127\.0\.0\.1:\d+", log.read_text())
-        if found:
-            try:
-                with urllib.request.urlopen(found.group(0), timeout=2) as response:
-                    if response.status == 200:
-                        return found.group(0)
-            except OSError:
-                pass
-        time.sleep(0.2)
-    pytest.fail(f"easi3r view did not serve within {timeout} s:\n{log.read_text()}")
+        if found is None:
+            return None
+        try:
+            with urllib.request.urlopen(found.group(0), timeout=2):
+                return found.group(0)
+        except OSError:
+            return None
+
+    try:
+        yield server, _poll(url, 30, "easi3r view did not serve")
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def _colour_keys(colours: np.ndarray) -> np.ndarray:
@@ -122,64 +234,52 @@ def _colour_keys(colours: np.ndarray) -> np.ndarray:
     return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
 
 
-@pytest.mark.slow
-def test_browser_renders_points_and_cameras(tmp_path: Path) -> None:
-    pytest.importorskip("viser")
-    if not CHROMIUM.exists():
-        pytest.skip(f"no {CHROMIUM} (Debian packages chromium and chromium-driver)")
-    from PIL import Image
-
-    synthetic = write_scene(tmp_path / "run")
-    log = tmp_path / "server.log"
-    command = [sys.executable, "-m", "easi3r.cli", "view", str(tmp_path / "run"), "--port", str(_free_port())]
-    # the synthetic scene's confidence is 1 everywhere: keep every point
-    command += ["--min-conf", "0"]
-    with log.open("w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = _wait_for_url(server, log, timeout=30)
-        shot = tmp_path / "shot.png"
-        subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",  # CI runs as root
-                "--disable-gpu",  # WebGL then runs on SwiftShader, which is what is being tested
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}",
-                "--window-size=1024,768",
-                "--virtual-time-budget=15000",  # lets the websocket deliver the scene before the shot
-                f"--screenshot={shot}",
-                url,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        server.send_signal(signal.SIGINT)  # what Ctrl-C does
-        assert server.wait(timeout=15) == 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-
-    pixels = np.asarray(Image.open(shot).convert("RGB"))
-    scene_area = np.ones(pixels.shape[:2], bool)
-    scene_area[:370, 680:] = False  # the control panel, top right
-    scene_area[:160, :320] = False  # viser's "software WebGL" notice, top left
+def _drawn(pixels: np.ndarray, synthetic: SyntheticScene) -> dict[str, int]:
+    """How many pixels of a screenshot show static points, cameras and the current camera."""
+    height, width = pixels.shape[:2]
+    scene_area = np.ones((height, width), bool)
+    scene_area[:370, width - 340 :] = False  # the control panel, top right
+    scene_area[:160, :320] = False  # viser's "software WebGL" notice, top left, with an orange bar
     px = pixels[scene_area].astype(np.int64)
     # points are drawn flat, so a rendered point has exactly its pixel's colour: a page whose WebGL
     # failed (or that never received the scene) has none of them
     static_colours = synthetic.rgb.mul(255).round().byte().numpy()[~synthetic.masks.numpy()]
-    point_pixels = np.isin(_colour_keys(px), _colour_keys(static_colours)).sum()
-    assert point_pixels > 2000, f"only {point_pixels} pixels show a point's colour"
-    # the frusta are drawn shaded, so match them loosely: grey lines for all cameras (the scene has no
-    # grey), orange for the current one
+    # the frusta are shaded, so they are matched loosely: grey lines for all cameras (the synthetic scene
+    # has no grey), orange for the current one
     spread = px.max(-1) - px.min(-1)
-    grey = ((spread <= 4) & (px.max(-1) > 60) & (px.max(-1) < 200)).sum()
-    orange = ((px[:, 0] > 200) & (px[:, 1] > 120) & (px[:, 1] < 220) & (px[:, 2] < 100)).sum()
-    assert grey > 300 and orange > 300, f"cameras not drawn: {grey} grey and {orange} orange pixels"
+    return {
+        "points": int(np.isin(_colour_keys(px), _colour_keys(static_colours)).sum()),
+        "cameras": int(((spread <= 4) & (px.max(-1) > 60) & (px.max(-1) < 200)).sum()),
+        "current camera": int(
+            ((px[:, 0] > 200) & (px[:, 1] > 120) & (px[:, 1] < 220) & (px[:, 2] < 100)).sum()
+        ),
+    }
+
+
+@pytest.mark.slow
+def test_browser_shows_points_and_cameras_and_plays(tmp_path: Path, browser: WebDriver) -> None:
+    from PIL import Image
+
+    synthetic = write_scene(tmp_path / "run")
+    minimum = {"points": 2000, "cameras": 300, "current camera": 300}
+    counts: dict[str, int] = {}
+
+    def rendered() -> np.ndarray | None:
+        pixels = browser.screenshot()
+        counts.update(_drawn(pixels, synthetic))
+        return pixels if all(counts[key] > minimum[key] for key in minimum) else None
+
+    with serving(tmp_path / "run", tmp_path / "server.log") as (server, url):
+        browser.command("POST", "/url", {"url": url})
+        # the websocket connects and SwiftShader draws a little after the page loads: look until it has
+        try:
+            pixels = _poll(rendered, 30, "the scene was not drawn")
+        finally:
+            print(f"pixels drawn: {counts}")
+        Image.fromarray(pixels).save(tmp_path / "viewer.png")  # kept by pytest for a person to look at
+        assert "frames/0000.png" in browser.input_values()
+        browser.click("//button[contains(., 'Play')]")
+        _poll(lambda: "frames/0002.png" in browser.input_values() or None, 20, "Play did not advance")
+        # leave the page first: with a page connected, viser waits seconds for the websocket to close
+        browser.command("POST", "/url", {"url": "about:blank"})
+    assert server.returncode == 0, (tmp_path / "server.log").read_text()

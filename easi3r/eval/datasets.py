@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
@@ -105,20 +106,20 @@ class Sequence:
     depth_max: float | None = None
 
 
-class DatasetReader:
+class DatasetReader(ABC):
     """Lists and loads the sequences of one dataset layout (subclasses fill in the layout)."""
 
     label = ""  # the dataset's name in messages
     layout = ""  # the expected layout, shown whenever the root does not match it
     default_sequences: tuple[str, ...] | None = None  # the standard split; None = every sequence found
 
+    @abstractmethod
     def available(self, root: Path) -> list[str]:
         """Names of every sequence under ``root``, sorted; raises when ``root`` lacks the layout."""
-        raise NotImplementedError
 
+    @abstractmethod
     def load(self, root: Path, name: str) -> Sequence:
         """The frames and ground truth of sequence ``name``."""
-        raise NotImplementedError
 
     def sequence_names(
         self, root: str | os.PathLike[str], sequences: SequenceOf[str] | None = None
