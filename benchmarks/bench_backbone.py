@@ -268,12 +268,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable[[], object], device: str) -> float:
+def _timed(fn: Callable[[], object], device: str, clock: Callable[[], float] = time.perf_counter) -> float:
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     out = fn()
     _sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed = clock() - start
     del out
     return elapsed
 
@@ -380,6 +380,7 @@ def measure_time(setup: Setup, args: argparse.Namespace) -> dict[str, list[list[
     that alternates between rounds, so that bursts of load from other processes hit all of them.
     """
     pairs = setup.pairs
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     setup.encoded = setup.encode()
     if args.warmup:
         for variant in ("encode", *TIME_VARIANTS):
@@ -389,12 +390,12 @@ def measure_time(setup: Setup, args: argparse.Namespace) -> dict[str, list[list[
     for r in range(args.repeat):
         for per_round in times.values():
             per_round.append([])
-        elapsed = _timed(lambda: setup.run("encode", pairs), setup.device)
+        elapsed = _timed(lambda: setup.run("encode", pairs), setup.device, clock)
         times["encode"][-1].append(elapsed / len(setup.frames_used))
         for c, chunk in enumerate(chunks):
             order = TIME_VARIANTS if (r + c) % 2 == 0 else tuple(reversed(TIME_VARIANTS))
             for variant in order:
-                elapsed = _timed(lambda v=variant, ch=chunk: setup.run(v, ch), setup.device)
+                elapsed = _timed(lambda v=variant, ch=chunk: setup.run(v, ch), setup.device, clock)
                 times[variant][-1].append(elapsed / len(chunk))
         line = " ".join(f"{v} {statistics.fmean(t[-1]) * 1000:.1f}" for v, t in times.items())
         print(f"  round {r + 1} ms/unit: {line}", file=sys.stderr)
@@ -570,6 +571,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up run of each variant on one pair")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: perf_counter; cpu: process CPU time, robust on a shared machine with --threads 1",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--mem-pairs", type=int, default=1, help="pairs each memory worker runs (peak is per pair)"
@@ -595,6 +602,8 @@ def main(argv: list[str] | None = None) -> None:
     if args._worker:
         print(json.dumps(memory_worker(args)))
         return
+    if args.clock == "cpu" and args.device != "cpu":
+        raise SystemExit("--clock cpu measures CPU work; use the wall clock on an accelerator")
     torch.set_num_threads(args.threads)
     wall = time.perf_counter()
     memory: dict[str, dict] = {}
@@ -627,7 +636,8 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"config {args.config} ({CONFIGS[args.config]}), input {setup.width}×{setup.height} ({n_tok} tokens), "
         f"{args.frames} frames, graph {args.graph} ({len(setup.all_pairs)} ordered pairs), timed pairs "
-        f"{len(setup.pairs)}, batch size {args.batch_size}, device {args.device}, {args.threads} threads, "
+        f"{len(setup.pairs)}, batch size {args.batch_size}, device {args.device}, {args.threads} thread(s), "
+        f"{args.clock} clock, "
         f"{args.repeat} round(s), dynamic tokens {dyn:.1%}, memory: "
         f"{next(iter(memory.values()))['method'] if memory else 'not measured'}, wall {wall:.0f} s"
     )

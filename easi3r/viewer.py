@@ -1,18 +1,19 @@
 """A 4D viewer for a finished run: ``easi3r view OUT_DIR`` serves ``scene/scene.safetensors`` in the browser.
 
-The page (made by `viser <https://viser.studio>`_, the optional dependency ``easi3r[view]``) shows
+The page (made by viser, the optional dependency ``easi3r[view]``) shows
 
 * the static points of every frame at once, fused into one cloud (static = not in the dynamic mask);
 * the dynamic points of the current frame only, so a moving object is seen moving rather than smeared;
 * a camera frustum for every frame, and the current one highlighted with its frame inside.
 
-Only this module's :func:`serve` imports viser, so ``import easi3r`` (and every other command) works without it.
+Only :func:`serve` imports viser, so ``import easi3r`` (and every other command) works without it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -294,6 +295,10 @@ def serve(
         for cloud in dynamic_clouds.values():
             cloud.point_size = size.value * point_size
 
+    if not len(static_pts) and not dynamic_clouds:
+        print(
+            f"easi3r: warning: no point has a confidence of at least {min_conf} (--min-conf)", file=sys.stderr
+        )
     shown_host = "localhost" if host in ("0.0.0.0", "::", "") else host
     print(
         f"easi3r: viewing {t} frames, {len(static_pts)} static points at "

@@ -39,16 +39,26 @@ def kmeans(k: int = 64, seed: int = 42, n_init: str | int = "auto", max_iter: in
     return {"k": k, "seed": seed, "n_init": n_init, "max_iter": max_iter}
 
 
-BUILTIN_NAMES = {
-    "backbones": ["dust3r", "monst3r"],
-    "capture_strategies": ["query_mean", "full_logits"],
-    "mask_rules": ["formula"],
-    "refiners": ["kmeans", "none"],
-    "thresholds": ["adaptive_multiotsu", "otsu", "fixed"],
-    "reweight_policies": ["zero_dynamic_keys"],
-    "aligners": ["none"],
-    "exporters": ["masks", "maps"],
-}
+def _registered_names() -> dict[str, list[str]]:
+    """The names the real built-in plug-ins register (their factories are replaced by recording ones)."""
+    from easi3r.backends import plugin as backends_plugin
+    from easi3r.strategies import plugin as strategies_plugin
+
+    names = {"backbones": list(backends_plugin.easi3r_backbones())}
+    for kind in (
+        "capture_strategies",
+        "mask_rules",
+        "refiners",
+        "thresholds",
+        "reweight_policies",
+        "aligners",
+        "exporters",
+    ):
+        names[kind] = list(getattr(strategies_plugin, f"easi3r_{kind}")())
+    return names
+
+
+BUILTIN_NAMES = _registered_names()
 
 
 def builtin_plugin() -> types.SimpleNamespace:
@@ -146,8 +156,29 @@ def test_default_recipe_is_the_reference_configuration() -> None:
         "threshold": {"name": "adaptive_multiotsu", "classes": [2, 3, 4], "bins": 256},
         "reweight": {"name": "zero_dynamic_keys", "decoders": [1], "layers": None},
         "passes": {"reweight": True, "masks": True, "masks_from": "pass2", "pass1_heads": False},
-        "align": {"name": "none"},
-        "export": {"exporters": ["masks", "maps"], "dilate": 3, "save_intermediates": False},
+        "align": {
+            "name": "global",
+            "iters": 300,
+            "lr": 0.01,
+            "lr_min": 0.001,
+            "schedule": "linear",
+            "exclude_dynamic": False,
+            "temporal_smoothing_weight": 0.0,
+        },
+        "export": {
+            "exporters": [
+                "masks",
+                "maps",
+                "overlays",
+                "trajectory",
+                "depth",
+                "pointcloud",
+                "colmap",
+                "scene",
+            ],
+            "dilate": 3,
+            "save_intermediates": False,
+        },
         "seed": 0,
     }
 
@@ -286,7 +317,7 @@ def test_override_of_unknown_key_suggests_the_closest() -> None:
         "unknown key 'frame.size' in override 'frame.size=3'; did you mean 'frames.size'?"
     )
     assert (
-        load_error("easi3r_dust3r", ["align.iters=10"])
+        load_error("easi3r_dust3r", ["align.name=none", "align.iters=10"])
         == "unknown key 'align.iters' in override 'align.iters=10'"
     )
 
@@ -405,7 +436,7 @@ def test_unknown_plugin_name(cfg) -> None:
     cfg.refine.name = "kmeans"
     cfg.export.exporters = ["masks", "mapz"]
     assert error_of(cfg) == (
-        "recipe key 'export.exporters[1]': unknown exporter 'mapz'; installed: maps, masks; did you mean 'maps'?"
+        "recipe key 'export.exporters[1]': unknown exporter 'mapz'; installed: colmap, depth, maps, masks, overlays, pointcloud, scene, trajectory; did you mean 'maps'?"
     )
 
 
@@ -479,7 +510,7 @@ def test_resolved_yaml_round_trips_and_names_plugins(cfg, tmp_path: Path) -> Non
     builtin = {"plugin": "strategies", "distribution": "easi3r", "version": "0.1.0"}
     assert back.plugins.refine == {"name": "kmeans", **builtin}
     assert back.plugins.backbone == {"name": "dust3r", **builtin}
-    assert [e.name for e in back.plugins.exporters] == ["masks", "maps"]
+    assert [e.name for e in back.plugins.exporters] == list(cfg.export.exporters)
     del back["plugins"]
     assert back == OmegaConf.to_container(cfg, resolve=True)
 

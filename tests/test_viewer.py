@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import signal
 import socket
@@ -76,6 +77,12 @@ def test_missing_scene_is_one_line_cli_error(tmp_path: Path, capsys: pytest.Capt
     assert main(["view", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "scene/scene.safetensors" in err and "align.name=global" in err
+
+
+def test_view_refuses_no_points_per_frame(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_scene(tmp_path)
+    assert main(["view", str(tmp_path), "--max-points-per-frame", "0"]) == 2
+    assert "--max-points-per-frame must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -151,6 +158,11 @@ class WebDriver:
         element = self.command("POST", "/element", {"using": "xpath", "value": xpath})
         self.command("POST", f"/element/{next(iter(element.values()))}/click", {})
 
+    def quit(self) -> None:
+        if self.session:
+            self.command("DELETE", "")
+            self.session = ""
+
     def input_values(self) -> list[str]:
         script = "return Array.from(document.querySelectorAll('input'), input => input.value)"
         return self.command("POST", "/execute/sync", {"script": script, "args": []})
@@ -164,8 +176,13 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         if not program.exists():
             pytest.skip(f"no {program} (Debian packages chromium and chromium-driver)")
     port = _free_port()
+    # a process group of its own, so that teardown can end the browser too (chromedriver leaves it
+    # running when it is itself ended)
     driver_process = subprocess.Popen(
-        [str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [str(CHROMEDRIVER), f"--port={port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     driver = WebDriver(port)
     try:
@@ -190,10 +207,11 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         ]
         yield driver
     finally:
-        if driver.session:
-            driver.command("DELETE", "")
-        driver_process.terminate()
-        driver_process.wait(timeout=10)
+        try:
+            driver.quit()
+        finally:
+            os.killpg(driver_process.pid, signal.SIGTERM)
+            driver_process.wait(timeout=10)
 
 
 @contextmanager
@@ -280,6 +298,6 @@ def test_browser_shows_points_and_cameras_and_plays(tmp_path: Path, browser: Web
         assert "frames/0000.png" in browser.input_values()
         browser.click("//button[contains(., 'Play')]")
         _poll(lambda: "frames/0002.png" in browser.input_values() or None, 20, "Play did not advance")
-        # leave the page first: with a page connected, viser waits seconds for the websocket to close
-        browser.command("POST", "/url", {"url": "about:blank"})
+        # close the browser first: with a page connected, viser waits seconds for its websocket to close
+        browser.quit()
     assert server.returncode == 0, (tmp_path / "server.log").read_text()
