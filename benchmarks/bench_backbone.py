@@ -18,18 +18,23 @@ Variants (same seeded random weights and inputs for all):
 
 Time: per pair (per frame for the encoder); the variants run interleaved pair by pair (decode batch
 by decode batch) in alternating order, ``--repeat`` rounds; reported is, per pair, the fastest round,
-averaged over the pairs (the best estimate of the uncontended cost on a shared machine; the per-round
-means are in the JSON). Peak memory: one fresh subprocess
-per variant; after setup (model, inputs, and for the decode-only variants the cached encodings) and one
-warm-up run, the peak is reset and the variant runs again; reported is the peak minus the resident
-size at the reset (CPU: ``VmHWM`` after ``/proc/self/clear_refs``, glibc told to return large blocks to
-the system; fallback ``ru_maxrss``) or ``torch.cuda.max_memory_allocated`` minus the allocation at the
-reset (CUDA).
+averaged over the pairs (the per-round means are in the JSON). On a CPU shared with other processes,
+``--threads 1 --clock cpu`` (process CPU time of one thread) gives reproducible numbers; wall time with
+several threads there mostly measures the neighbours.
 
-Examples::
+Peak memory: one fresh subprocess per variant; after setup (model, inputs, and for the decode-only
+variants the cached encodings) and an optional warm-up run, the peak is reset and the variant runs;
+reported is the peak minus the resident size at the reset (CPU: ``VmHWM`` after
+``/proc/self/clear_refs``, glibc told to return large blocks to the system; fallback ``ru_maxrss``)
+or ``torch.cuda.max_memory_allocated`` minus the allocation at the reset (CUDA). Model weights are
+part of the baseline, so the numbers are what each variant needs on top of them.
 
-    python benchmarks/bench_backbone.py --config tiny --repeat 3
-    python benchmarks/bench_backbone.py --config vitl512 --pairs 2 --warmup 0 --mem-warmup 0
+Examples (docs/performance.md has the measured tables)::
+
+    python benchmarks/bench_backbone.py --config tiny --repeat 3 --threads 1 --clock cpu
+    python benchmarks/bench_backbone.py --config vitl512 --pairs 2 --memory-only --json vitl_mem.json
+    python benchmarks/bench_backbone.py --config vitl512 --pairs 1 --repeat 2 --warmup 0 \
+        --threads 1 --clock cpu --no-check --memory-json vitl_mem.json
 """
 
 from __future__ import annotations
@@ -202,7 +207,7 @@ class Setup:
         self.pairs = self.all_pairs[: args.pairs] if args.pairs else self.all_pairs
         self.frames_used = sorted({int(i) for i in self.pairs.flatten()})
         self.pixel_masks = moving_box_masks(args.frames, self.height, self.width, DYNAMIC_FRACTION)
-        self.token_masks = pixel_to_token_masks(self.pixel_masks, 16).to(self.device)
+        self.token_masks = pixel_to_token_masks(self.pixel_masks, self.backbone.patch_size).to(self.device)
         self.encoded = None
 
     @torch.inference_mode()
@@ -257,7 +262,7 @@ def moving_box_masks(n_frames: int, height: int, width: int, fraction: float) ->
     bw = max(1, round(nh * nw * fraction / bh))
     masks = torch.zeros(n_frames, nh, nw, dtype=torch.bool)
     for t in range(n_frames):
-        r0 = (t * 1) % max(1, nh - bh + 1)
+        r0 = t % max(1, nh - bh + 1)
         c0 = (t * 2) % max(1, nw - bw + 1)
         masks[t, r0 : r0 + bh, c0 : c0 + bw] = True
     return masks.repeat_interleave(16, 1).repeat_interleave(16, 2)

@@ -233,9 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument(
         "--min-conf",
         type=float,
-        default=3.0,
         metavar="C",
-        help="hide points whose confidence (raw, 1 + exp(x)) is below C",
+        help="show only points whose raw confidence 1 + exp(x) exceeds C (default: the exporters' 1.1)",
     )
     view.set_defaults(func=_view)
 

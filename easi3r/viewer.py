@@ -24,7 +24,7 @@ import numpy as np
 
 from easi3r.errors import Easi3RError
 
-__all__ = ["SCENE_FILE", "ViewerData", "load_scene_for_viewing", "serve"]
+__all__ = ["SCENE_FILE", "FramePoints", "ViewerData", "load_scene_for_viewing", "select_points", "serve"]
 
 SCENE_FILE = Path("scene") / "scene.safetensors"
 MASK_COLOR = (255, 0, 64)  # the colour of ``overlays/``, so the viewer and the pictures agree
@@ -120,12 +120,12 @@ class FramePoints:
 
 
 def select_points(data: ViewerData, max_points_per_frame: int, min_conf: float) -> list[FramePoints]:
-    """Per frame, the finite points with ``conf >= min_conf``, split into static and dynamic and each
+    """Per frame, the finite points with ``conf > min_conf`` (as the point-cloud exporters keep), split into static and dynamic and each
     subsampled to at most ``max_points_per_frame`` (evenly at random, with a fixed seed, so the same run
     always shows the same points and a browser is never sent millions of them)."""
     t = len(data)
     pts = data.pts3d.reshape(t, -1, 3)
-    keep = np.isfinite(pts).all(-1) & (data.conf.reshape(t, -1) >= min_conf)
+    keep = np.isfinite(pts).all(-1) & (data.conf.reshape(t, -1) > min_conf)
     dynamic = data.masks.reshape(t, -1)
     rng = np.random.default_rng(0)
 
@@ -158,12 +158,14 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8080,
     max_points_per_frame: int = 20_000,
-    min_conf: float = 3.0,
+    min_conf: float | None = None,
     fps: float = 10.0,
 ) -> None:
     """Serve ``data`` on ``http://host:port`` until Ctrl-C.
 
-    viser takes the next free port when ``port`` is taken, so the URL printed is the one actually served.
+    ``min_conf`` (raw confidence) defaults to the point-cloud exporters' threshold, so the viewer shows the
+    points of the ``scene/points/`` clouds. viser takes the next free port when ``port`` is taken, so the
+    URL printed is the one actually served.
     """
     try:
         import viser
@@ -171,6 +173,11 @@ def serve(
     except ImportError as exc:
         raise Easi3RError("the viewer needs viser: pip install 'easi3r[view]'") from exc
     from easi3r.writers import overlay
+
+    if min_conf is None:
+        from easi3r.strategies.scene_exporters import REFERENCE_GLB_MIN_CONF
+
+        min_conf = REFERENCE_GLB_MIN_CONF
 
     t, h, w = data.conf.shape
     selected = select_points(data, max_points_per_frame, min_conf)
@@ -186,11 +193,15 @@ def serve(
     first = data.cam2world[0]
     server.initial_camera.look_at = centre
     server.initial_camera.position = first[:3, 3] - radius * (0.6 * first[:3, 2] + 0.3 * first[:3, 1])
+    # clipping planes in the scene's unit: the fixed defaults (0.01, 1000) hide scenes that are not unit-sized
+    server.initial_camera.near = 1e-3 * radius
+    server.initial_camera.far = 1e3 * radius
 
     point_size = 0.006 * radius
-    static_cloud = server.scene.add_point_cloud(
-        "/static", static_pts, static_rgb, point_size=point_size, point_shading="flat"
-    )
+    # flat: a point keeps exactly its pixel's colour; float32: viser's default float16 keeps only ~3
+    # significant digits of a coordinate and overflows past 65504, which unnormalised scenes reach
+    cloud_style: dict[str, Any] = {"point_size": point_size, "point_shading": "flat", "precision": "float32"}
+    static_cloud = server.scene.add_point_cloud("/static", static_pts, static_rgb, **cloud_style)
     frame_nodes: list[list[Any]] = []  # per frame, the nodes visible only while it is the current frame
     dynamic_clouds: dict[int, Any] = {}
     current_frustums: list[Any] = []
@@ -222,9 +233,8 @@ def serve(
                 f"/current/{i:04d}/dynamic",
                 flat_pts[i, index],
                 tint(flat_rgb[i, index]),
-                point_size=point_size,
-                point_shading="flat",
                 visible=False,
+                **cloud_style,
             )
             dynamic_clouds[i] = cloud
             nodes.append(cloud)

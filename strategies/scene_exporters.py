@@ -206,6 +206,13 @@ def _frustum(
     return np.array(sides + rim)
 
 
+def _segments_path(segments: np.ndarray) -> trimesh.path.Path3D:
+    """A path of (S, 2, 3) line segments, without trimesh's vertex merging: it hashes coordinates as
+    int64 and overflows on the far-away points of degenerate (random-weight) scenes."""
+    entities = [trimesh.path.entities.Line([2 * k, 2 * k + 1]) for k in range(len(segments))]
+    return trimesh.path.Path3D(entities=entities, vertices=segments.reshape(-1, 3), process=False)
+
+
 class PointCloudExporter:
     """Per-frame coloured clouds ``scene/points/{static,dynamic}_{t:04d}.ply``, the fused static cloud
     ``scene/points/static_fused.ply`` and ``scene/scene.glb`` (fused static cloud, per-frame dynamic
@@ -273,7 +280,7 @@ class PointCloudExporter:
         # colour the cameras along time (turbo: blue first, red last) so the trajectory's direction shows
         shades = writers.colorize(np.linspace(0, 1, len(scene))[None])[0]
         for t in range(len(scene)):
-            lines = trimesh.load_path(_frustum(c2w[t], intrinsics[t], tuple(scene.depth.shape[1:]), size))
+            lines = _segments_path(_frustum(c2w[t], intrinsics[t], tuple(scene.depth.shape[1:]), size))
             lines.colors = np.tile(np.append(shades[t], 255), (len(lines.entities), 1)).astype(np.uint8)
             glb.add_geometry(lines, node_name=f"camera_{t:04d}", geom_name=f"camera_{t:04d}")
         path.write_bytes(glb.export(file_type="glb"))

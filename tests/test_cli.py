@@ -113,7 +113,9 @@ def test_existing_output_needs_overwrite(capsys, tmp_path, two_frames):
     code, _, err = run_cli(capsys, "run", str(two_frames), "-r", "tiny", "-o", str(out))
     assert_one_line_error(code, err, "--overwrite")
     assert (out / "keep.txt").exists()
-    code, _, _ = run_cli(capsys, "run", str(two_frames), "-r", "tiny", "-o", str(out), "--overwrite")
+    code, _, _ = run_cli(
+        capsys, "run", str(two_frames), "-r", "tiny", "-o", str(out), "--overwrite", "align.name=none"
+    )
     assert code == 0
     assert not (out / "keep.txt").exists()
     assert (out / "masks" / "dynamic_mask_0001.png").exists()

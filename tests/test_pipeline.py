@@ -82,7 +82,7 @@ def test_golden_run_writes_documented_files(golden_run, golden):
 
 @pytest.mark.slow
 def test_real_frames_twice_identical(tmp_path):
-    """The tiny recipe on 12 real frames: completes, writes the files, and is deterministic."""
+    """The tiny recipe on 8 real frames: completes, writes the files, and is deterministic."""
     outs = []
     for run in ("a", "b"):
         out = tmp_path / run
@@ -96,14 +96,16 @@ def test_real_frames_twice_identical(tmp_path):
                     "-o",
                     str(out),
                     "export.exporters=[masks,maps,overlays]",
+                    "align.name=none",
+                    "frames.max_frames=8",
                 ]
             )
             == 0
         )
         outs.append(out)
     names = sorted(p.name for p in (outs[0] / "masks").iterdir())
-    assert len(names) == 24  # 12 masks + 12 enlarged masks
-    assert len(list((outs[0] / "overlays").iterdir())) == 12
+    assert len(names) == 16  # 8 masks + 8 enlarged masks
+    assert len(list((outs[0] / "overlays").iterdir())) == 8
     for name in names:
         assert (outs[0] / "masks" / name).read_bytes() == (outs[1] / "masks" / name).read_bytes()
 
@@ -121,7 +123,8 @@ def test_demo(tmp_path, capsys):
 def test_single_pass_baseline(tmp_path):
     out = tmp_path / "base"
     assert main(["run", str(FRAMES / "00000.jpg"), str(FRAMES / "00001.jpg"), str(FRAMES / "00002.jpg"),
-                 "--recipe", "dust3r_baseline", "backbone.preset=tiny", "frames.size=256", "-o", str(out)]) == 0  # fmt: skip
+                 "--recipe", "dust3r_baseline", "backbone.preset=tiny", "frames.size=256", "align.iters=3", "-o", str(out)]) == 0  # fmt: skip
     preds = load_file(out / "pair_predictions.safetensors")
     assert preds["pts3d_1"].shape == (len(preds["pairs"]), 144, 256, 3)
     assert not (out / "masks").exists()
+    assert (out / "scene" / "trajectory_tum.txt").is_file()  # the baseline aligns its plain predictions
