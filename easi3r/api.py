@@ -41,7 +41,7 @@ def run(
 def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
     """``run.yaml``, the pair predictions, the intermediates if asked, and every exporter's files."""
     from easi3r.intermediates import intermediates
-    from easi3r.pipeline import Stages
+    from easi3r.plugins import registry
     from easi3r.writers import save_safetensors
 
     written = [out_dir / "run.yaml"]
@@ -65,6 +65,6 @@ def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
         path = out_dir / "intermediates.safetensors"
         save_safetensors(path, tensors, metadata)
         written.append(path)
-    for exporter in Stages.exporters_from_recipe(result.recipe).values():
-        written.extend(exporter(result, out_dir))
+    for name in result.recipe.export.exporters:
+        written.extend(registry("exporters").create({"name": name}, key="export.exporters")(result, out_dir))
     return written

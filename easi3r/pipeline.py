@@ -21,10 +21,10 @@ from torch import Tensor
 from easi3r.attention import pixel_to_token_masks
 from easi3r.backbone import Backbone
 from easi3r.pairs import make_pairs
-from easi3r.plugins import get_plugin_manager, registry
+from easi3r.plugins import get_plugin_manager
 from easi3r.progress import progress_bar
 from easi3r.recipes import create_strategy
-from easi3r.types import DynamicMasks, Encoded, Frames, PairOutputs
+from easi3r.types import DynamicMasks, Encoded, Frames, PairOutputs, Scene
 
 
 @dataclass
@@ -51,10 +51,6 @@ class Stages:
             aligner=create_strategy(recipe, "align"),
         )
 
-    @staticmethod
-    def exporters_from_recipe(recipe: DictConfig) -> dict[str, Callable]:
-        return {name: registry("exporters").create({"name": name}) for name in recipe.export.exporters}
-
 
 @dataclass
 class PassResult:
@@ -71,7 +67,7 @@ class RunResult:
     pairs: Tensor
     encoded: Encoded
     passes: dict[str, PassResult] = field(default_factory=dict)
-    scene: Any = None
+    scene: Scene | None = None  # set by the aligner
 
     @property
     def masks(self) -> DynamicMasks | None:
