@@ -143,7 +143,40 @@ class _DPT(nn.Module):
         path = self.scratch.refinenet3(path, layers[2])
         path = self.scratch.refinenet2(path, layers[1])
         path = self.scratch.refinenet1(path, layers[0])
-        return self.head(path)
+        return self._head_in_row_tiles(path)
+
+    def _head_in_row_tiles(self, path: Tensor, tile_rows: int = 32) -> Tensor:
+        """``self.head(path)``, with its full-resolution part (×2 upsampling, 3×3 conv, ReLU, 1×1 conv)
+        computed in tiles of output rows. Those 128-channel full-resolution maps are the largest tensors
+        of the whole network (72 MiB each at 512×288); tiles keep only a few rows of them alive. Same
+        numbers up to float rounding: the upsampling is separable, and each tile carries the one-row halo
+        its 3×3 convolution reads."""
+        reduce, _, conv, relu, project = self.head
+        x = reduce(path)
+        b, _, h, w = x.shape
+        height, width = 2 * h, 2 * w
+        out = x.new_empty(b, project.out_channels, height, width)
+        for top in range(0, height, tile_rows):
+            bottom = min(height, top + tile_rows)
+            lo, hi = max(0, top - 1), min(height, bottom + 1)
+            rows = _upsample_rows(x, lo, hi, height, width)
+            # zero rows where the tile touches the image border: the convolution's own padding
+            rows = F.pad(rows, (0, 0, int(lo == top), int(hi == bottom)))
+            hidden = F.conv2d(rows, conv.weight, conv.bias, padding=(0, 1))
+            out[:, :, top:bottom] = project(relu(hidden))
+        return out
+
+
+def _upsample_rows(x: Tensor, lo: int, hi: int, height: int, width: int) -> Tensor:
+    """Rows ``lo:hi`` of ``F.interpolate(x, (height, width), mode="bilinear", align_corners=True)``."""
+    h = x.shape[2]
+    src = torch.arange(lo, hi, device=x.device, dtype=x.dtype) * ((h - 1) / (height - 1) if height > 1 else 0.0)
+    y0 = src.floor().long().clamp(max=h - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    frac = (src - y0.to(x.dtype))[None, None, :, None]
+    rows = x[:, :, y0] * (1 - frac) + x[:, :, y1] * frac
+    # the rows already sit at their output positions: only the width is interpolated
+    return F.interpolate(rows, size=(hi - lo, width), mode="bilinear", align_corners=True)
 
 
 class DPTHead(nn.Module):

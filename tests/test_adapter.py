@@ -121,3 +121,42 @@ def test_upstream_dust3r_model_object(golden, golden_info, golden_model):
         assert relative_error(out.attention.decoder2, golden[f"{name}/pred2_cross_atten_maps_k"]) < PARITY_TOL
         assert relative_error(out.predictions.pts3d_1[kept], golden[f"{name}/pred1_pts3d"]) < PARITY_TOL
         assert relative_error(out.predictions.conf_2[kept], golden[f"{name}/pred2_conf"]) < PARITY_TOL
+
+
+@pytest.mark.upstream
+@pytest.mark.skipif(not UPSTREAM, reason="set EASI3R_UPSTREAM_DUST3R to a dust3r checkout to run")
+def test_upstream_dpt_heads_match():
+    """Our DPT network equals upstream dust3r's on the same random weights (plain forward, both heads)."""
+    from easi3r.backends.croco import CroCoStereo
+
+    sys.path.insert(0, UPSTREAM)
+    try:
+        from dust3r.model import AsymmetricCroCo3DStereo
+    finally:
+        sys.path.remove(UPSTREAM)
+    kwargs = dict(
+        pos_embed="RoPE100", patch_embed_cls="PatchEmbedDust3R", img_size=(512, 512), head_type="dpt",
+        output_mode="pts3d", depth_mode=("exp", -math.inf, math.inf), conf_mode=("exp", 1, math.inf),
+        enc_embed_dim=64, enc_depth=2, enc_num_heads=2, dec_embed_dim=48, dec_depth=10, dec_num_heads=3,
+    )  # fmt: skip
+    ours = CroCoStereo(**kwargs).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # biases and norms away from their init values
+        for head in (ours.downstream_head1, ours.downstream_head2):
+            head.dpt.head[4].weight.mul_(1e-4)  # outputs of order 1: exp(depth) does not amplify rounding
+    upstream = AsymmetricCroCo3DStereo(**kwargs, landscape_only=False).eval()
+    upstream.load_state_dict(ours.state_dict())
+    images = torch.rand(2, 3, 144, 224) * 2 - 1
+    shape = torch.tensor([[144, 224]] * 2)
+    with torch.no_grad():
+        theirs = upstream(
+            dict(img=images[:1], true_shape=shape[:1], idx=0, instance="0"),
+            dict(img=images[1:], true_shape=shape[1:], idx=1, instance="1"),
+        )
+    backbone = CroCoBackbone(ours, batch_size=1)
+    pred = backbone.decode(backbone.encode(images), torch.tensor([[0, 1]])).predictions
+    assert relative_error(pred.pts3d_1, theirs[0]["pts3d"]) < 1e-5
+    assert relative_error(pred.conf_1, theirs[0]["conf"]) < 1e-5
+    assert relative_error(pred.pts3d_2, theirs[1]["pts3d_in_other_view"]) < 1e-5
+    assert relative_error(pred.conf_2, theirs[1]["conf"]) < 1e-5

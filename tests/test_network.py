@@ -201,3 +201,14 @@ def test_dpt_head_runs_on_non_square_odd_grid():
     with torch.inference_mode():
         res1, _ = model(images[:1], images[1:2])
     assert relative_error(out.predictions.pts3d_1[:1], res1["pts3d"]) < 1e-5
+
+
+@pytest.mark.parametrize("grid", [(9, 16), (4, 5), (18, 32)])
+def test_dpt_head_row_tiles_equal_the_plain_head(grid):
+    """The memory-saving tiled head computes what the head's layers compute in one go."""
+    from easi3r.backends.heads import DPTHead
+
+    head = DPTHead((32, 24, 24, 24), 10, 16, ("exp", -float("inf"), float("inf")), ("exp", 1, float("inf")))
+    path = torch.randn(2, 256, 2 * grid[0], 2 * grid[1])
+    with torch.no_grad():
+        assert relative_error(head.dpt._head_in_row_tiles(path, tile_rows=7), head.dpt.head(path)) < 1e-6
