@@ -128,3 +128,36 @@ def test_single_pass_baseline(tmp_path):
     assert preds["pts3d_1"].shape == (len(preds["pairs"]), 144, 256, 3)
     assert not (out / "masks").exists()
     assert (out / "scene" / "trajectory_tum.txt").is_file()  # the baseline aligns its plain predictions
+
+
+def test_lifecycle_hooks_see_the_run_and_can_replace_masks(tmp_path):
+    """A plug-in's masks_ready hook (where an external segmenter would refine masks) replaces the masks
+    pass 2 re-weights with, and run_start / run_end see the run."""
+    import dataclasses
+    import types
+
+    from easi3r import hookimpl
+    from easi3r.api import run
+    from easi3r.plugins import get_plugin_manager, reset_plugin_manager
+
+    seen = []
+
+    @hookimpl
+    def easi3r_masks_ready(masks, frames, recipe, pass_index):
+        seen.append(("masks", pass_index))
+        return dataclasses.replace(masks, masks=masks.masks.clone().fill_(pass_index == 1))
+
+    segmenter = types.SimpleNamespace(
+        easi3r_masks_ready=easi3r_masks_ready,
+        easi3r_run_start=hookimpl(lambda recipe, frames: seen.append(("start", len(frames)))),
+        easi3r_run_end=hookimpl(lambda result, out_dir: seen.append(("end", out_dir.name))),
+    )
+    get_plugin_manager(extra_plugins={"segmenter": segmenter})
+    try:
+        frames = [str(FRAMES / f"0000{i}.jpg") for i in range(3)]
+        result = run(frames, "tiny", tmp_path / "out", ["align.name=none", "frames.size=128", "refine.k=4"])
+    finally:
+        reset_plugin_manager()
+    assert seen == [("start", 3), ("masks", 1), ("masks", 2), ("end", "out")]
+    assert bool(result.passes["pass1"].masks.masks.all())  # pass 2 re-weighted with the replaced masks
+    assert not bool(result.masks.masks.any())
