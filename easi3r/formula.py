@@ -513,12 +513,12 @@ class _Evaluator:
     def _fail(self, node: Node, message: str) -> FormulaError:
         return _error(self.source, node.col, _width(node), message)
 
-    def eval(self, node: Node) -> Tensor:
+    def value_of(self, node: Node) -> Tensor:
         if isinstance(node, Number):
             return torch.tensor(node.value, dtype=self.dtype, device=self.device)
         if isinstance(node, Name):
             return self.values[node.name]
-        operands = [self.eval(child) for child in _children(node)]
+        operands = [self.value_of(child) for child in _children(node)]
         try:
             if isinstance(node, Unary):
                 return -operands[0] if node.op == "-" else operands[0]
@@ -583,7 +583,7 @@ class Formula:
             else torch.tensor(float(value), dtype=dtype, device=device)
             for name, value in used.items()
         }
-        return _Evaluator(self.source, values, dtype, device).eval(self.root)
+        return _Evaluator(self.source, values, dtype, device).value_of(self.root)
 
 
 def parse(text: str) -> Formula:

@@ -313,7 +313,12 @@ def init_mst(
     def focal_from(e: int) -> float:
         if known_focals is not None:
             return float(known_focals[pairs[e, 0]])
-        return float(estimate_focal_weiszfeld(pts1[e][None], pp[pairs[e, 0]])[0])
+        focal = float(estimate_focal_weiszfeld(pts1[e][None], pp[pairs[e, 0]])[0])
+        if not math.isfinite(focal) or focal <= 0:
+            # deviation: the reference carries a zero focal into log() and optimises NaNs; points that
+            # fit no camera in front of them (random weights) start from a 2·atan(1/2) ≈ 53° field of view
+            focal = float(max(height, width))
+        return focal
 
     world: list[Tensor | None] = [None] * n_frames
     poses: list[Tensor | None] = [None] * n_frames
@@ -747,6 +752,11 @@ def global_align(
     aligner.cpu()
     start = start.to("cpu")
     final = aligner.state()
+    if not all(bool(torch.isfinite(x).all()) for x in (final.cam2world, final.focals, final.depth)):
+        raise GeometryError(
+            "global alignment diverged (non-finite poses or depth): the pair predictions are degenerate; "
+            "check the checkpoint, or skip alignment with align.name=none"
+        )
     height, width = aligner.size
     scene = Scene(
         cam2world=final.cam2world,

@@ -450,3 +450,16 @@ def test_geometry_errors(case, message):
     with pytest.raises(GeometryError, match=message) as info:
         global_align(preds, pairs, n_frames, **kwargs)
     assert "\n" not in str(info.value)
+
+
+def test_points_that_fit_no_camera_start_from_a_default_focal():
+    """Pointmaps behind the camera (as random weights give) make the Weiszfeld focal 0, which the reference
+    turns into NaN; here the initialisation falls back to max(H, W) and the result stays finite."""
+    scene, pairs, preds = _tiny()
+    n = len(scene)
+    flipped = _with(preds, pts3d_1=preds.pts3d_1 * torch.tensor([1.0, 1.0, -1.0]),
+                    pts3d_2=preds.pts3d_2 * torch.tensor([1.0, 1.0, -1.0]))  # fmt: skip
+    result = global_align(flipped, pairs, n, config=AlignConfig(iters=5))
+    height, width = preds.pts3d_1.shape[1:3]
+    assert torch.isfinite(result.scene.cam2world).all() and torch.isfinite(result.scene.depth).all()
+    assert torch.allclose(result.init.focals, torch.full_like(result.init.focals, float(max(height, width))))

@@ -24,6 +24,9 @@ What is scored, and how:
 A sequence that fails (unreadable frame or ground truth, a run error, a degenerate trajectory) is
 recorded with its error and the others are still evaluated; :attr:`Summary.failed` lists them and the
 ``easi3r eval`` command then exits with status 1, so that scripts notice a partial result.
+
+Started by ``torchrun``, the processes share the sequences out and rank 0 writes the summary
+(:mod:`easi3r.eval.distributed`); the files written are those of one process.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from easi3r.errors import Easi3RError
+from easi3r.eval import distributed
 from easi3r.eval.datasets import DATASETS, Sequence, read_depth, read_mask
 from easi3r.eval.metrics import (
     DepthAlign,
@@ -205,33 +209,48 @@ def evaluate(
         raise Easi3RError(f"depth alignment must be one of {', '.join(DEPTH_ALIGNS)}, got '{depth_align}'")
     names = reader.sequence_names(root, sequences)
     # A bad recipe or override would fail every sequence the same way: report it once, up front.
-    validate_recipe(load_recipe(str(recipe), overrides))
+    cfg = load_recipe(str(recipe), overrides)
+    validate_recipe(cfg)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise Easi3RError(f"{out}: output path exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise Easi3RError(f"{out}: output folder exists and is not empty; pass --overwrite to write into it")
 
-    results = []
-    for position, name in enumerate(names, 1):
-        result = _evaluate_sequence(reader.load, Path(root), name, recipe, overrides, out, depth_align)
-        results.append(result)
-        if log is not None:
-            log(f"[{position}/{len(names)}] {name}: {_one_line_result(result)}")
+    def check_out_dir() -> None:
+        if out.exists() and not out.is_dir():
+            raise Easi3RError(f"{out}: output path exists and is not a folder")
+        if out.is_dir() and any(out.iterdir()) and not overwrite:
+            raise Easi3RError(
+                f"{out}: output folder exists and is not empty; pass --overwrite to write into it"
+            )
 
-    summary = Summary(
-        dataset=dataset,
-        root=str(root),
-        recipe=str(recipe),
-        overrides=list(overrides),
-        mask_convention=mask_convention,
-        depth_align=depth_align,
-        sequences=results,
-        mean=_dataset_row([r for r in results if r.ok], mask_convention),
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "summary.json", summary.to_json())
-    (out / "summary.md").write_text(summary.to_markdown())
+    with distributed.join(str(cfg.backbone.device)) as ranks:
+        ranks.check_on_main(check_out_dir)
+        # the summary records the user's overrides: the per-rank device is not part of the benchmark
+        run_overrides = [*overrides, *ranks.overrides()]
+        results = []
+        for position, name in ranks.shard(list(enumerate(names, 1))):
+            result = _evaluate_sequence(
+                reader.load, Path(root), name, recipe, run_overrides, out, depth_align
+            )
+            results.append(result)
+            if log is not None:
+                log(f"{ranks.log_prefix}[{position}/{len(names)}] {name}: {_one_line_result(result)}")
+        results = ranks.gather(results)
+
+        summary = Summary(
+            dataset=dataset,
+            root=str(root),
+            recipe=str(recipe),
+            overrides=list(overrides),
+            mask_convention=mask_convention,
+            depth_align=depth_align,
+            sequences=results,
+            mean=_dataset_row([r for r in results if r.ok], mask_convention),
+        )
+        if ranks.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            _write_json(out / "summary.json", summary.to_json())
+            (out / "summary.md").write_text(summary.to_markdown())
+        # no rank reports the summary before it is written
+        ranks.barrier()
     return summary
 
 
