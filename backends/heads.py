@@ -170,7 +170,9 @@ class _DPT(nn.Module):
 def _upsample_rows(x: Tensor, lo: int, hi: int, height: int, width: int) -> Tensor:
     """Rows ``lo:hi`` of ``F.interpolate(x, (height, width), mode="bilinear", align_corners=True)``."""
     h = x.shape[2]
-    src = torch.arange(lo, hi, device=x.device, dtype=x.dtype) * ((h - 1) / (height - 1) if height > 1 else 0.0)
+    src = torch.arange(lo, hi, device=x.device, dtype=x.dtype) * (
+        (h - 1) / (height - 1) if height > 1 else 0.0
+    )
     y0 = src.floor().long().clamp(max=h - 1)
     y1 = (y0 + 1).clamp(max=h - 1)
     frac = (src - y0.to(x.dtype))[None, None, :, None]
