@@ -173,3 +173,30 @@ def test_recipe_reference_is_current(capsys):
     assert code == 0
     committed = (FRAMES.parents[2] / "docs" / "recipes.md").read_text()
     assert out == committed, "docs/recipes.md is stale: run `easi3r recipes --reference > docs/recipes.md`"
+
+
+def test_known_intrinsics_are_held_fixed(capsys, tmp_path, two_frames):
+    bad = tmp_path / "bad_K.txt"
+    bad.write_text("500 0 128 0 500 72 0 0\n")
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        capsys, "run", str(two_frames), "-r", "tiny", "-o", str(out), f"align.known_intrinsics={bad}"
+    )
+    assert_one_line_error(code, err, "bad_K.txt", "9 numbers")
+    good = tmp_path / "K.txt"
+    good.write_text("300 0 128 0 300 72 0 0 1\n")
+    code, _, _ = run_cli(
+        capsys,
+        "run",
+        str(two_frames),
+        "-r",
+        "tiny",
+        "-o",
+        str(out),
+        f"align.known_intrinsics={good}",
+        "align.iters=3",
+    )
+    assert code == 0
+    intrinsics = (out / "scene" / "intrinsics.txt").read_text().split()
+    # the focal is stored as 20·log f in float32: fixed up to that rounding
+    assert [float(v) for v in intrinsics[:9]] == pytest.approx([300, 0, 128, 0, 300, 72, 0, 0, 1], rel=1e-6)
