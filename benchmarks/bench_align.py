@@ -14,6 +14,9 @@ Then, with the ``global`` aligner's defaults (``AlignConfig()``):
   ``progress`` callback reading the clock after every step, so a step is exactly the production loop
   (learning rate, zero_grad, forward, backward, Adam, loss read-back); the first ``--warmup`` steps are
   dropped, the table gives the median (and the fastest) of the rest;
+* **kernel share, page faults**: ``getrusage`` over the optimisation call (fresh pages for the large
+  per-step temporaries are a large part of the cost on some machines; ``--thp`` runs the workers with
+  ``THP_MEM_ALLOC_ENABLE=1``, PyTorch's switch for transparent huge pages);
 * **peak memory**: before each phase the freed heap is handed back (``malloc_trim``) and the peak RSS is
   reset (``/proc/self/clear_refs``); reported is ``VmHWM`` minus the RSS at the reset, i.e. what the
   phase needs on top of the predictions already in memory (fallback: ``ru_maxrss`` delta, which cannot be
@@ -27,8 +30,9 @@ of Gaussian noise (std relative to depth) and outlier fraction (depth ×[1/3, 3]
 ordinary confidence); ATE after Sim(3) alignment divided by the room size, and the relative focal error.
 
 ``--hotspots T`` profiles the loss of ``GlobalAligner`` at T frames (torch profiler, top operators by
-self CPU time) and times a candidate fused residual (hand-written backward) against it; docs/geometry.md
-has the measured tables.
+self CPU time, the parts of the 3D term timed one by one) and times two candidate replacements against it:
+a fused residual with a hand-written backward, and the same keeping its buffers across steps (gradients
+compared). docs/geometry.md has the measured tables and the commands.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ import gc
 import itertools
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -51,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import machine  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import Tensor
 
 from easi3r.geometry import ate_rmse
@@ -514,23 +518,6 @@ def hotspots_markdown(h: dict, n_frames: int) -> str:
         f"distance of both views, {_mib(h['kept_buffer_bytes'])} MiB) are not in it."
     )
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

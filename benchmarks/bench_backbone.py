@@ -44,7 +44,6 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -54,6 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import machine  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import Tensor
 
 from easi3r.attention import pixel_to_token_masks
@@ -544,23 +544,6 @@ def markdown(setup: Setup, summary: dict, memory: dict[str, dict]) -> str:
             met = "" if tkey is None else ("yes" if t[tkey] else "**no**")
             lines.append(f"| {name} | {r[key]:.3f} | {target} | {met} |")
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -711,6 +711,7 @@ def global_align(
     if static is not None:
         w1, w2 = w1 * static[pairs[:, 0]], w2 * static[pairs[:, 1]]
     _check_geometry(preds, pairs, n_frames, w1, w2)
+    del w1, w2  # 2·P·H·W floats, only for the check: the aligner keeps its own weights
     im_conf = frame_confidence(preds, pairs, n_frames)
 
     if init_state is None:
