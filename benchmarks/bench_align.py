@@ -54,10 +54,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine  # benchmarks/ is on sys.path when a benchmark runs as a script
+from common import machine, read_status  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import Tensor
 
-from easi3r.geometry import ate_rmse
+from easi3r.eval import metrics
 from easi3r.pairs import make_pairs
 from easi3r.strategies.global_align import AlignConfig, AlignState, GlobalAligner, _affine, global_align
 from easi3r.synthetic import SyntheticScene, make_scene, pair_predictions
@@ -68,16 +68,6 @@ SCALING_NOISE = 0.01
 
 # --------------------------------------------------------------------------------------------------
 # memory: peak RSS of a phase, in a process of its own
-
-
-def _read_status(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def _trim_heap() -> None:
@@ -100,18 +90,18 @@ class PeakMeter:
         _trim_heap()
         try:
             Path("/proc/self/clear_refs").write_text("5")
-            ok = _read_status("VmHWM") is not None
+            ok = read_status("VmHWM") is not None
         except OSError:
             ok = False
         if ok:
             self.method = "VmHWM after clear_refs, minus VmRSS at the reset"
-            self.base = _read_status("VmRSS") or 0
+            self.base = read_status("VmRSS") or 0
         else:
             self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     def peak(self) -> int:
         if self.method.startswith("VmHWM"):
-            return (_read_status("VmHWM") or 0) - self.base
+            return (read_status("VmHWM") or 0) - self.base
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self.base
 
 
@@ -403,8 +393,8 @@ def accuracy(args: argparse.Namespace) -> list[dict]:
                 result = global_align(preds, pairs, n_frames, size, config=AlignConfig(iters=args.acc_iters))
                 runs.append(
                     (
-                        ate_rmse(result.init.cam2world, scene.cam2world) / scene.extent,
-                        ate_rmse(result.scene.cam2world, scene.cam2world) / scene.extent,
+                        metrics.ate(result.init.cam2world, scene.cam2world) / scene.extent,
+                        metrics.ate(result.scene.cam2world, scene.cam2world) / scene.extent,
                         abs(float(result.init.focals[0]) / gt_focal - 1),
                         abs(float(result.scene.focals[0]) / gt_focal - 1),
                     )

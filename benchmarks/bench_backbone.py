@@ -53,7 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine  # benchmarks/ is on sys.path when a benchmark runs as a script
+from common import machine, read_status  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import Tensor
 
 from easi3r.attention import pixel_to_token_masks
@@ -287,16 +287,6 @@ def _timed(fn: Callable[[], object], device: str, clock: Callable[[], float] = t
 # peak memory (one fresh process per variant)
 
 
-def _read_status(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def _reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -322,8 +312,8 @@ def memory_worker(args: argparse.Namespace) -> dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         method = "torch.cuda.max_memory_allocated"
-    elif _reset_peak() and _read_status("VmHWM") is not None:
-        base = _read_status("VmRSS")
+    elif _reset_peak() and read_status("VmHWM") is not None:
+        base = read_status("VmRSS")
         method = "VmHWM after clear_refs"
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -333,7 +323,7 @@ def memory_worker(args: argparse.Namespace) -> dict:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     elif method.startswith("VmHWM"):
-        peak = _read_status("VmHWM")
+        peak = read_status("VmHWM")
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     del out

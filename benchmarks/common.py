@@ -1,4 +1,4 @@
-"""What every benchmark records about the machine it ran on."""
+"""What the benchmarks share: the machine they ran on, and reading this process's memory counters."""
 
 from __future__ import annotations
 
@@ -25,3 +25,14 @@ def machine() -> dict:
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
+
+
+def read_status(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes; None where Linux has none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

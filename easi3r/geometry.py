@@ -19,7 +19,6 @@ from torch import Tensor
 
 __all__ = [
     "Scene",
-    "ate_rmse",
     "depth_to_points",
     "estimate_focal_weiszfeld",
     "invert_pose",
@@ -30,7 +29,6 @@ __all__ = [
     "signed_expm1",
     "signed_log1p",
     "transform_points",
-    "umeyama_sim3",
     "weighted_procrustes",
 ]
 
@@ -190,18 +188,3 @@ def weighted_procrustes(
         return scale, rot, trans
     rot, trans = roma.rigid_points_registration(src, dst, weights=weights)
     return torch.ones(src.shape[:-2], dtype=src.dtype, device=src.device), rot, trans
-
-
-def umeyama_sim3(src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Unweighted Sim(3) Umeyama alignment of (N, 3) positions, as used for ATE: dst ≈ s·R·src + t."""
-    return weighted_procrustes(src, dst)
-
-
-def ate_rmse(pred_cam2world: Tensor, gt_cam2world: Tensor) -> float:
-    """Absolute trajectory error: RMSE of camera positions after Sim(3) Umeyama alignment of the
-    prediction onto the ground truth (evo's ``align=True, correct_scale=True``)."""
-    pred = pred_cam2world[:, :3, 3].double()
-    gt = gt_cam2world[:, :3, 3].double()
-    s, rot, t = umeyama_sim3(pred, gt)
-    aligned = s * pred @ rot.T + t
-    return float((aligned - gt).square().sum(-1).mean().sqrt())

@@ -9,7 +9,8 @@ import torch
 from safetensors.numpy import load_file
 
 from easi3r.errors import GeometryError
-from easi3r.geometry import Scene, ate_rmse, invert_pose, make_pose
+from easi3r.eval import metrics
+from easi3r.geometry import Scene, invert_pose, make_pose
 from easi3r.strategies.global_align import (
     AlignConfig,
     AlignState,
@@ -79,7 +80,7 @@ def test_golden_optimiser_parity(golden_align):
     np.testing.assert_allclose(result.lr_history, data["ga/lr_history"].numpy(), rtol=1e-12)
 
     size = float(data["ga/depthmaps"].median())  # the scene's scale: its median depth
-    ate = ate_rmse(result.scene.cam2world, data["ga/cam2world"])
+    ate = metrics.ate(result.scene.cam2world, data["ga/cam2world"])
     focal_err = abs(float(result.scene.focals[0] / data["ga/focals"][0, 0]) - 1)
     depth_err = float(((result.scene.depth - data["ga/depthmaps"]).abs() / data["ga/depthmaps"]).max())
     print(
@@ -149,7 +150,7 @@ def synthetic():
 
 
 def _errors(scene, result):
-    ate = ate_rmse(result.scene.cam2world, scene.cam2world) / scene.extent
+    ate = metrics.ate(result.scene.cam2world, scene.cam2world) / scene.extent
     focal = abs(float(result.scene.focals[0] / scene.intrinsics[0, 0, 0]) - 1)
     return ate, focal
 
@@ -189,7 +190,7 @@ def test_degrades_gracefully_with_noise_and_outliers(synthetic):
         preds = pair_predictions(scene, pairs, noise=noise, outlier_frac=outliers, seed=0)
         result = global_align(preds, pairs, 6)
         ate, focal = _errors(scene, result)
-        ate0 = ate_rmse(result.init.cam2world, scene.cam2world) / scene.extent
+        ate0 = metrics.ate(result.init.cam2world, scene.cam2world) / scene.extent
         rows.append(
             f"noise {noise}, outliers {outliers}: ATE {ate0:.1e} (init) → {ate:.1e}, focal error {focal:.1e}"
         )
