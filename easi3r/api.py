@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from easi3r.cache import PREDICTION_KEYS, RunCache, StoredPredictions, fingerprint
+from easi3r.distributed import Ranks
+from easi3r.errors import Easi3RError
+from easi3r.estimate import available_memory, estimate_run
 from easi3r.frames import load_frames
-from easi3r.outputs import staged_output_dir
-from easi3r.pipeline import RunResult
+from easi3r.outputs import check_output_dir, staged_output_dir
+from easi3r.pairs import make_pairs
+from easi3r.pipeline import RunResult, Stages, Stream
 from easi3r.pipeline import run as run_pipeline
 from easi3r.plugins import get_plugin_manager
 from easi3r.recipes import load_recipe, resolved_recipe_yaml, validate_recipe
+from easi3r.types import Frames, PairPredictions
+from easi3r.windows import alignment_windows
 
 
 def run(
@@ -20,22 +34,130 @@ def run(
     overrides: Sequence[str] = (),
     *,
     overwrite: bool = False,
+    resume: bool = False,
+    cache_dir: str | Path | None = None,
+    keep_cache: bool = False,
+    ranks: Ranks | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Load frames from ``source`` (folder, file list or video), run the recipe and, if ``out_dir`` is
-    given, write every output there (the folder appears only when the run succeeded)."""
+    given, write every output there (the folder appears only when the run succeeded).
+
+    Long videos: when the recipe streams (``scale.stream``), pair outputs go to the run cache
+    ``cache_dir`` (default ``OUT.cache`` beside ``out_dir``, else a temporary folder), which is removed
+    once the outputs are written unless ``keep_cache``; ``resume`` continues the run a crash left in that cache. ``ranks``
+    (the processes of a ``torchrun`` job) share the pairs; rank 0 writes the outputs. ``log`` receives
+    the memory estimate line (default: standard error).
+    """
+    ranks = ranks or Ranks()
+    log = log or (lambda line: print(f"easi3r: {line}", file=sys.stderr))
     cfg = load_recipe(str(recipe), overrides)
     validate_recipe(cfg)
     f = cfg.frames
     frames = load_frames(
         source, size=f.size, crop=f.crop, square_ok=f.square_ok, stride=f.stride, max_frames=f.max_frames
     )
-    if out_dir is None:
-        return run_pipeline(cfg, frames)
+    if out_dir is not None:
+        ranks.check_on_main(lambda: check_output_dir(out_dir, overwrite=overwrite))
+    stages = Stages.from_recipe(cfg)
+    cache_root = Path(cache_dir) if cache_dir is not None else None
+    if cache_root is None and out_dir is not None:
+        cache_root = Path(out_dir).parent / f"{Path(out_dir).name}.cache"
+    if not _plan(cfg, frames, stages, cache_root, resume, ranks, log):
+        result = run_pipeline(cfg, frames, stages)
+        if out_dir is not None:
+            _write(result, out_dir, overwrite)
+        return result
+
+    with contextlib.ExitStack() as scratch:
+        if cache_root is None:  # nothing to resume later without a named place: a throw-away cache
+            cache_root = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="easi3r-cache-")))
+        stream = _open_stream(
+            cfg, frames, stages, cache_root, resume=resume, overwrite=overwrite, ranks=ranks
+        )
+        result = run_pipeline(cfg, frames, stages, stream=stream)
+        if ranks.is_main:
+            if out_dir is not None:
+                _write(result, out_dir, overwrite)
+            if not keep_cache:
+                stream.cache.remove()
+        ranks.barrier()  # no rank leaves while rank 0 still reads the cache the ranks share
+    return result
+
+
+def _plan(
+    cfg: DictConfig,
+    frames: Frames,
+    stages: Stages,
+    cache_root: Path | None,
+    resume: bool,
+    ranks: Ranks,
+    log: Callable[[str], None],
+) -> bool:
+    """Whether the run streams to the cache; prints the memory estimate first (rank 0)."""
+    pairs = make_pairs(
+        cfg.pairs.graph, len(frames), symmetrize=cfg.pairs.symmetrize, cap_window=cfg.pairs.cap_window
+    )
+    window = cfg.scale.align_window
+    windows = None
+    if window is not None and len(frames) > window:
+        windows = alignment_windows(len(frames), window, cfg.scale.align_overlap)
+    estimate = estimate_run(cfg, frames.images, pairs, stages.backbone, windows)
+    available = available_memory()
+    stream = cfg.scale.stream
+    if stream == "auto":
+        stream = available is not None and estimate.pair_outputs > available // 4
+    if resume or ranks.world_size > 1:
+        if resume and cache_root is None:
+            raise Easi3RError("--resume needs the cache of the run: give its output folder or --cache")
+        if cfg.scale.stream is False:
+            why = "--resume" if resume else "sharing the pairs of one video over processes"
+            raise Easi3RError(f"{why} needs the run cache: drop scale.stream=false")
+        stream = True
+    if ranks.is_main:
+        log(estimate.describe(stream, cache_root or "a temporary folder", available))
+        advice = estimate.advice(stream, available)
+        if advice is not None:
+            log(advice)
+    return bool(stream)
+
+
+def _open_stream(
+    cfg: DictConfig,
+    frames: Frames,
+    stages: Stages,
+    root: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    ranks: Ranks,
+) -> Stream:
+    """Rank 0 opens (or, resuming, checks) the cache; the other ranks join it once that is done."""
+    batch = int(getattr(stages.backbone, "batch_size", 1))
+    chunk_pairs = -(-cfg.scale.chunk_pairs // batch) * batch  # whole batches: the same as a plain run
+
+    def open_cache() -> None:
+        if overwrite and not resume:
+            RunCache.attach(root).remove()
+        RunCache(root, _fingerprint(cfg, frames), resume=resume)
+
+    ranks.check_on_main(open_cache)
+    return Stream(RunCache.attach(root), chunk_pairs, ranks)
+
+
+def _fingerprint(cfg: DictConfig, frames: Frames) -> str:
+    """What the cached numbers depend on: not the exporters, nor whether the run was told to stream."""
+    numbers = cfg.copy()
+    numbers.export.exporters = []
+    numbers.export.dilate = 0
+    numbers.scale.stream = True
+    return fingerprint(resolved_recipe_yaml(numbers), frames.images, cfg.backbone.checkpoint)
+
+
+def _write(result: RunResult, out_dir: str | Path, overwrite: bool) -> None:
     with staged_output_dir(out_dir, overwrite=overwrite) as staging:
-        result = run_pipeline(cfg, frames)
         write_outputs(result, staging)
     get_plugin_manager().hook.easi3r_run_end(result=result, out_dir=Path(out_dir))
-    return result
 
 
 def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
@@ -48,18 +170,7 @@ def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
     written[0].write_text(resolved_recipe_yaml(result.recipe))
     pred = result.final_pass.outputs.predictions
     if pred is not None:
-        path = out_dir / "pair_predictions.safetensors"
-        save_safetensors(
-            path,
-            {
-                "pairs": result.pairs,
-                "pts3d_1": pred.pts3d_1,
-                "conf_1": pred.conf_1,
-                "pts3d_2": pred.pts3d_2,
-                "conf_2": pred.conf_2,
-            },
-        )
-        written.append(path)
+        written.append(write_pair_predictions(out_dir / "pair_predictions.safetensors", result.pairs, pred))
     if result.recipe.export.save_intermediates:
         tensors, metadata = intermediates(result)
         path = out_dir / "intermediates.safetensors"
@@ -68,3 +179,27 @@ def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
     for name in result.recipe.export.exporters:
         written.extend(registry("exporters").create({"name": name}, key="export.exporters")(result, out_dir))
     return written
+
+
+def write_pair_predictions(
+    path: Path, pairs: Tensor, predictions: PairPredictions | StoredPredictions
+) -> Path:
+    """``pairs`` and the four prediction tensors; a streamed pass is copied chunk by chunk."""
+    from easi3r.writers import save_safetensors, save_safetensors_streamed
+
+    if isinstance(predictions, PairPredictions):
+        tensors = {key: getattr(predictions, key) for key in PREDICTION_KEYS}
+        return save_safetensors(path, {"pairs": pairs, **tensors})
+    first = predictions.select(torch.tensor([0]))
+    layout = {"pairs": (pairs.dtype, tuple(pairs.shape))}
+    for key in PREDICTION_KEYS:
+        row = getattr(first, key)
+        layout[key] = (row.dtype, (len(predictions), *row.shape[1:]))
+
+    def blocks() -> Iterator[tuple[str, int, Tensor]]:
+        yield "pairs", 0, pairs
+        for start, tensors in predictions.iter_chunks():
+            for key, rows in tensors.items():
+                yield key, start, rows
+
+    return save_safetensors_streamed(path, layout, blocks())

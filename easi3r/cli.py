@@ -1,6 +1,6 @@
 """The ``easi3r`` command.
 
-    easi3r run FRAMES_OR_VIDEO [--recipe NAME] -o OUT [--checkpoint PATH] [key=value ...]
+    easi3r run FRAMES_OR_VIDEO [--recipe NAME] -o OUT [--checkpoint PATH] [--resume] [key=value ...]
     easi3r eval --dataset NAME --root PATH [--recipe NAME] -o OUT [--sequences a,b] [key=value ...]
     easi3r demo [-o OUT]
     easi3r view OUT [--port 8080] [--host 127.0.0.1] [--max-points-per-frame N] [--min-conf C]
@@ -26,7 +26,9 @@ OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe
 
 
 def _run(args: argparse.Namespace) -> int:
+    from easi3r import distributed
     from easi3r.api import run
+    from easi3r.recipes import load_recipe
 
     sources = [item for item in args.items if not OVERRIDE.match(item)]
     overrides = [item for item in args.items if OVERRIDE.match(item)]
@@ -38,13 +40,21 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"backbone.device={args.device}")
     if args.save_intermediates:
         overrides.append("export.save_intermediates=true")
-    result = run(
-        sources[0] if len(sources) == 1 else sources,
-        args.recipe,
-        args.out,
-        overrides,
-        overwrite=args.overwrite,
-    )
+    device = str(load_recipe(args.recipe, overrides).backbone.device)
+    with distributed.join(device) as ranks:  # torchrun: the ranks share the pairs of this one video
+        result = run(
+            sources[0] if len(sources) == 1 else sources,
+            args.recipe,
+            args.out,
+            [*overrides, *ranks.overrides()],
+            overwrite=args.overwrite,
+            resume=args.resume,
+            cache_dir=args.cache,
+            keep_cache=args.keep_cache,
+            ranks=ranks,
+        )
+    if not ranks.is_main:
+        return 0
     masks = result.masks
     summary = f"{len(result.frames)} frames, {len(result.pairs)} pairs"
     if masks is not None:
@@ -179,7 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", help="DUSt3R/MonST3R checkpoint (.pth, hub folder or hub id)")
     run.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides backbone.device")
     run.add_argument("--save-intermediates", action="store_true", help="write intermediates.safetensors")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder (and a stale run cache)"
+    )
+    run.add_argument(
+        "--resume", action="store_true", help="continue a run that was killed, from its cache (OUT.cache)"
+    )
+    run.add_argument("--cache", help="run cache folder for streamed pair outputs (default: OUT.cache)")
+    run.add_argument("--keep-cache", action="store_true", help="keep the run cache after a successful run")
     run.set_defaults(func=_run)
 
     ev = sub.add_parser(

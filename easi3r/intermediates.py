@@ -26,7 +26,7 @@ MAP_KEYS = {
 
 def per_frame_confidence(outputs: PairOutputs, n_frames: int) -> Tensor:
     """(T, H, W): for every frame, the maximum confidence any pair predicts for it (``im_conf``)."""
-    pred = outputs.predictions
+    pred = outputs.predictions.select(torch.arange(len(outputs.pairs)))
     conf = torch.zeros(n_frames, *pred.conf_1.shape[1:], dtype=pred.conf_1.dtype)
     for views, values in ((outputs.pairs[:, 0], pred.conf_1), (outputs.pairs[:, 1], pred.conf_2)):
         index = views[:, None, None].expand_as(values)
@@ -40,7 +40,8 @@ def _pass_tensors(prefix: str, outputs: PairOutputs, masks: DynamicMasks | None,
         f"{prefix}/view2_idx": outputs.pairs[:, 1],
     }
     if outputs.predictions is not None:
-        pred = outputs.predictions
+        # a streamed pass is read back whole: intermediates are for inspecting short runs
+        pred = outputs.predictions.select(torch.arange(len(outputs.pairs)))
         out |= {
             f"{prefix}/pred1_pts3d": pred.pts3d_1,
             f"{prefix}/pred1_conf": pred.conf_1,

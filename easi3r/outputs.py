@@ -16,14 +16,26 @@ from pathlib import Path
 from easi3r.errors import Easi3RError
 
 
-@contextmanager
-def staged_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder; on success it replaces ``out_dir``, on failure it is removed."""
+def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> None:
+    """Refuse a target that is a file, or a non-empty folder without ``overwrite`` (before any work)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise Easi3RError(f"{out}: output path exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise Easi3RError(f"{out}: output folder exists and is not empty; pass --overwrite to replace it")
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        why = "is not a folder" if not ancestor.is_dir() else "is not writable"
+        raise Easi3RError(f"{out}: cannot write the output folder here ({ancestor} {why})")
+
+
+@contextmanager
+def staged_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``out_dir``, on failure it is removed."""
+    out = Path(out_dir)
+    check_output_dir(out, overwrite=overwrite)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

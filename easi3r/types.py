@@ -11,12 +11,16 @@ are ``(T, H, W)`` bool with ``True`` = dynamic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from easi3r.geometry import Scene
+
+if TYPE_CHECKING:
+    from easi3r.cache import StoredPredictions
 
 __all__ = [
     "DynamicMasks",
@@ -37,6 +41,7 @@ class Frames:
     images: Tensor  # (T, 3, H, W) float32 in [-1, 1]
     paths: list[str]  # where each frame came from (file path, or "video.mp4#index")
     source_sizes: list[tuple[int, int]] = field(default_factory=list)  # (W, H) before preprocessing
+    indices: list[int] | None = None  # positions in the whole video, when these frames are a window of it
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -49,6 +54,16 @@ class Frames:
     def size(self) -> tuple[int, int]:
         """(H, W) of the network input."""
         return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def window(self, start: int, end: int) -> Frames:
+        """Frames ``start:end`` of this clip, remembering where they sit in the whole video."""
+        base = self.indices if self.indices is not None else range(len(self))
+        return Frames(
+            images=self.images[start:end],
+            paths=self.paths[start:end],
+            source_sizes=self.source_sizes[start:end],
+            indices=list(base[start:end]),
+        )
 
     def rgb(self) -> np.ndarray:
         """(T, H, W, 3) uint8 colours, for writers and viewers."""
@@ -91,6 +106,15 @@ class PairPredictions:
     pts3d_2: Tensor  # (P, H, W, 3) view 2's points in view 1's frame ("pts3d_in_other_view")
     conf_2: Tensor  # (P, H, W)
 
+    def __len__(self) -> int:
+        return self.pts3d_1.shape[0]
+
+    def select(self, indices: Tensor) -> PairPredictions:
+        """The predictions of the pairs ``indices`` (the same call reads a disk-backed store)."""
+        return PairPredictions(
+            self.pts3d_1[indices], self.conf_1[indices], self.pts3d_2[indices], self.conf_2[indices]
+        )
+
 
 @dataclass
 class PairOutputs:
@@ -98,7 +122,8 @@ class PairOutputs:
 
     pairs: Tensor  # (P, 2) int64
     attention: PairAttention | None = None
-    predictions: PairPredictions | None = None
+    # in memory, or a disk-backed :class:`easi3r.cache.StoredPredictions` with the same ``select``/``len``
+    predictions: PairPredictions | StoredPredictions | None = None
 
 
 @dataclass

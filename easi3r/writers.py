@@ -9,16 +9,16 @@ mask also accept a torch tensor, so callers can pass pipeline values as they are
 from __future__ import annotations
 
 import json
+import math
 import struct
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_save
 from torch import Tensor
 
 Array = np.ndarray | Tensor
@@ -181,38 +181,115 @@ def overview(
 def save_safetensors(
     path: str | Path, tensors: Mapping[str, Array], metadata: Mapping[str, str] | None = None
 ) -> Path:
-    """Save tensors or arrays as safetensors, keeping their dtypes (bool stays bool); creates parent folders."""
+    """Save tensors or arrays as safetensors, keeping their dtypes (bool stays bool); creates parent folders.
+
+    Each tensor is written straight from its memory (safetensors' own writer first copies the whole file
+    into one buffer), with the header's keys sorted, so equal inputs give equal bytes.
+    """
     cpu = {
         name: x.detach().cpu() if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
         for name, x in tensors.items()
     }
-    # safetensors refuses tensors that share storage; copy only those, since pair predictions can be large
-    users = Counter(t.untyped_storage().data_ptr() for t in cpu.values())
-    owned = {
-        name: t.clone(memory_format=torch.contiguous_format)
-        if users[t.untyped_storage().data_ptr()] > 1
-        else t.contiguous()
-        for name, t in cpu.items()
-    }
+    layout = {name: (t.dtype, tuple(t.shape)) for name, t in cpu.items()}
+    return save_safetensors_streamed(path, layout, ((name, 0, t) for name, t in cpu.items()), metadata)
+
+
+def save_safetensors_streamed(
+    path: str | Path,
+    layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    blocks: Iterable[tuple[str, int, Tensor]],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a safetensors file whose tensors arrive as row blocks, never all in memory at once.
+
+    ``layout`` gives each tensor's dtype and full shape; ``blocks`` yields ``(name, first row, rows)``
+    until every row of every tensor has come. Tensor order and padding are safetensors' own; the header's
+    keys are sorted (safetensors serialises metadata from a hash map, so its order, hence the file's
+    bytes, would change from call to call).
+    """
+    # the data order is safetensors' own (by dtype, then name): ask it on one-element stand-ins
+    order = _data_order({name: dtype for name, (dtype, _) in layout.items()})
+    header: dict[str, object] = {}
+    offset = 0
+    starts = {}
+    for name in order:
+        dtype, shape = layout[name]
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
+        starts[name] = offset
+        offset += size
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text = text.ljust(-(-len(text) // 8) * 8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(owned, str(path), metadata=None if metadata is None else dict(metadata))
-    _sort_header(path)
+    written = dict.fromkeys(layout, 0)
+    with path.open("wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        base = f.tell()
+        f.truncate(base + offset)
+        for name, first_row, rows in blocks:
+            dtype, shape = layout[name]
+            rows = rows.detach().cpu().to(dtype).contiguous()
+            row_bytes = math.prod(shape[1:]) * rows.element_size()
+            f.seek(base + starts[name] + first_row * row_bytes)
+            # numpy has no bfloat16: write those bits as int16; either way straight from the tensor's memory
+            f.write((rows.view(torch.int16) if dtype == torch.bfloat16 else rows).numpy().reshape(-1).data)
+            written[name] += len(rows) if rows.ndim else 1
+    incomplete = [name for name, (_, shape) in layout.items() if written[name] != (shape[0] if shape else 1)]
+    if incomplete:
+        path.unlink()
+        raise ValueError(f"{path}: rows missing for {incomplete}")
     return path
 
 
-def _sort_header(path: Path) -> None:
-    """Rewrite a safetensors JSON header with sorted keys, in place.
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
-    safetensors serialises the metadata from a hash map, so with two or more metadata keys their order
-    (hence the file's bytes) changes from call to call. Sorting only reorders the same compact JSON, so
-    the header keeps its length and the tensor data, addressed relative to the header's end, stays put.
-    """
-    with path.open("r+b") as f:
-        length = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(length))
-        canonical = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(canonical) > length:
-            raise RuntimeError(f"cannot canonicalise the safetensors header of {path}")
-        f.seek(8)
-        f.write(canonical.ljust(length))
+
+def _data_order(dtypes: Mapping[str, torch.dtype]) -> list[str]:
+    stand_ins = safetensors_save({name: torch.zeros(1, dtype=dtype) for name, dtype in dtypes.items()})
+    length = struct.unpack("<Q", stand_ins[:8])[0]
+    header = json.loads(stand_ins[8 : 8 + length])
+    header.pop("__metadata__", None)
+    return sorted(header, key=lambda name: header[name]["data_offsets"][0])
+
+
+def write_ply(path: str | Path, blocks: Iterable[tuple[np.ndarray, np.ndarray]], count: int) -> Path:
+    """A binary coloured point cloud from ``blocks`` of (N, 3) float points and (N, 3) uint8 colours,
+    ``count`` points in all, written block by block (the layout trimesh writes: x y z float, RGBA)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"ply\nformat binary_little_endian 1.0\nelement vertex {count}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\nend_header\n"
+    )
+    vertex = np.dtype([("xyz", "<f4", 3), ("rgba", "u1", 4)])
+    written = 0
+    with path.open("wb") as f:
+        f.write(header.encode())
+        for points, colors in blocks:
+            rows = np.empty(len(points), vertex)
+            rows["xyz"] = points
+            rows["rgba"][:, :3] = colors
+            rows["rgba"][:, 3] = 255
+            f.write(rows.data)
+            written += len(rows)
+    if written != count:
+        path.unlink()
+        raise ValueError(f"{path}: {written} points written, {count} announced")
+    return path

@@ -334,7 +334,9 @@ def init_mst(
     while todo:
         score, i, j = todo.pop()
         if focals[i] is None:
-            focals[i] = focal_from(last if config.stale_edge_focal else edge_of[(i, j)])
+            # the stale edge is the reference's quirk for *estimated* focals; a known focal is the node's own
+            stale = config.stale_edge_focal and known_focals is None
+            focals[i] = focal_from(last if stale else edge_of[(i, j)])
         e = edge_of[(i, j)]
         if i in placed or j in placed:
             # register the side already in the world, then carry the other side along
@@ -923,6 +925,13 @@ class GlobalAlign:
             return self._align(frames, pair_outputs, preds, mask_tensor, report).scene
 
     def _align(self, frames, pair_outputs, preds, masks, report: Progress | None) -> Alignment:
+        intrinsics, poses = self.known_intrinsics, self.known_poses
+        if frames.indices is not None:
+            # the frames are a window of a longer video: per-frame known values are the whole video's
+            if intrinsics is not None and intrinsics.ndim == 3 and len(intrinsics) > len(frames):
+                intrinsics = intrinsics[frames.indices]
+            if poses is not None and len(poses) > len(frames):
+                poses = poses[frames.indices]
         return global_align(
             preds,
             pair_outputs.pairs,
@@ -930,8 +939,8 @@ class GlobalAlign:
             frames.size,
             config=self.config,
             masks=masks,
-            known_intrinsics=self.known_intrinsics,
-            known_poses=self.known_poses,
+            known_intrinsics=intrinsics,
+            known_poses=poses,
             progress=report,
         )
 
@@ -971,6 +980,9 @@ class PairwiseAlign:
 
 
 def _predictions_of(pair_outputs) -> PairPredictions:
-    if pair_outputs.predictions is None:
+    """The pair predictions in memory (a streamed pass is read from its cache here: with
+    ``scale.align_window`` the pipeline hands each window only its own pairs)."""
+    preds = pair_outputs.predictions
+    if preds is None:
         raise GeometryError("alignment needs the pair predictions: run pass 2 with the heads on")
-    return pair_outputs.predictions
+    return preds if isinstance(preds, PairPredictions) else preds.select(torch.arange(len(preds)))

@@ -29,14 +29,8 @@ if TYPE_CHECKING:
 
 # the reference demo keeps points whose raw confidence (1 + exp(x)) exceeds 1.1 in its GLB
 REFERENCE_GLB_MIN_CONF = 1.1
-
-# trimesh cannot export a cloud without points; this is the header it writes for a coloured cloud (less
-# its comment line) with zero vertices, so empty frames still get a valid file of the same layout
-_EMPTY_PLY = (
-    b"ply\nformat binary_little_endian 1.0\nelement vertex 0\n"
-    b"property float x\nproperty float y\nproperty float z\n"
-    b"property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\nend_header\n"
-)
+# deviation for long videos: the reference's GLB holds every point (300 frames of 256×144: 11 million)
+GLB_MAX_POINTS = 4_000_000
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -74,15 +68,6 @@ def _dynamic(scene: Scene) -> NDArray[np.bool_]:
     if scene.masks is None:
         return np.zeros(tuple(scene.depth.shape), bool)
     return _np(scene.masks).astype(bool)
-
-
-def _write_ply(path: Path, points: np.ndarray, colors: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if len(points) == 0:
-        path.write_bytes(_EMPTY_PLY)
-    else:
-        trimesh.PointCloud(points, colors=colors).export(str(path), file_type="ply")
-    return path
 
 
 def _savetxt(path: Path, rows: np.ndarray, fmt: str = "%.9g") -> Path:
@@ -221,7 +206,8 @@ class PointCloudExporter:
     ``min_conf``: keep pixels whose raw confidence exceeds it (the reference demo's GLB uses 1.1);
     ``voxel``: edge of the voxels the fused cloud is averaged over, ``None`` keeps every point;
     ``camera_size``: frustum depth in scene units, ``None`` = 5% of the diagonal of the exported points'
-    (and cameras') bounding box.
+    (and cameras') bounding box; ``max_points``: the GLB keeps at most about this many points (an even,
+    fixed-seed share of each cloud; the PLY files keep every point).
     """
 
     def __init__(
@@ -229,10 +215,14 @@ class PointCloudExporter:
         min_conf: float = REFERENCE_GLB_MIN_CONF,
         voxel: float | None = None,
         camera_size: float | None = None,
+        max_points: int = GLB_MAX_POINTS,
     ) -> None:
+        if max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {max_points}")
         self.min_conf = min_conf
         self.voxel = voxel
         self.camera_size = camera_size
+        self.max_points = max_points
 
     def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
         scene = _scene_of(result)
@@ -241,42 +231,53 @@ class PointCloudExporter:
         folder = Path(out_dir) / "scene"
         points, rgb = _np(scene.pts3d), result.frames.rgb()
         kept, dynamic = _kept(scene, self.min_conf), _dynamic(scene)
+        static, moving = kept & ~dynamic, kept & dynamic
         written = []
-        static_parts, dynamic_parts = [], []
         for t in range(len(scene)):
-            for name, select, parts in (
-                ("static", kept[t] & ~dynamic[t], static_parts),
-                ("dynamic", kept[t] & dynamic[t], dynamic_parts),
-            ):
-                parts.append((points[t][select], rgb[t][select]))
-                written.append(_write_ply(folder / "points" / f"{name}_{t:04d}.ply", *parts[-1]))
-        fused = _voxel_average(
-            np.concatenate([p for p, _ in static_parts]),
-            np.concatenate([c for _, c in static_parts]),
-            self.voxel,
-        )
-        written.append(_write_ply(folder / "points" / "static_fused.ply", *fused))
-        written.append(self._glb(scene, fused, dynamic_parts, folder / "scene.glb"))
+            for name, select in (("static", static[t]), ("dynamic", moving[t])):
+                path = folder / "points" / f"{name}_{t:04d}.ply"
+                written.append(
+                    writers.write_ply(path, [(points[t][select], rgb[t][select])], int(select.sum()))
+                )
+        fused_path = folder / "points" / "static_fused.ply"
+        if self.voxel is None:
+            # every static point: written frame by frame, never gathered (it grows with the video)
+            blocks = ((points[t][static[t]], rgb[t][static[t]]) for t in range(len(scene)))
+            written.append(writers.write_ply(fused_path, blocks, int(static.sum())))
+        else:
+            fused = _voxel_average(points[static], rgb[static], self.voxel)
+            written.append(writers.write_ply(fused_path, [fused], len(fused[0])))
+        written.append(self._glb(scene, points, rgb, static, moving, folder / "scene.glb"))
         return written
 
     def _glb(
         self,
         scene: Scene,
-        fused: tuple[np.ndarray, np.ndarray],
-        dynamic_parts: list[tuple[np.ndarray, np.ndarray]],
+        points: np.ndarray,
+        rgb: np.ndarray,
+        static: NDArray[np.bool_],
+        moving: NDArray[np.bool_],
         path: Path,
     ) -> Path:
         glb = trimesh.Scene()
+        # a GLB is built in memory and viewers slow down past a few million points: above max_points,
+        # an even, fixed-seed share of every cloud is kept
+        share = min(1.0, self.max_points / max(1, int(static.sum() + moving.sum())))
+        rng = np.random.default_rng(0)
+        static_index = _subsample(np.flatnonzero(static), share, rng)
+        clouds = [(points.reshape(-1, 3)[static_index], rgb.reshape(-1, 3)[static_index], "static_fused")]
+        if self.voxel is not None:
+            clouds[0] = (*_voxel_average(points[static], rgb[static], self.voxel), "static_fused")
+        for t in range(len(scene)):
+            index = _subsample(np.flatnonzero(moving[t]), share, rng)
+            clouds.append((points[t].reshape(-1, 3)[index], rgb[t].reshape(-1, 3)[index], f"dynamic_{t:04d}"))
         # glTF cannot hold a primitive without vertices: empty clouds get no node
-        if len(fused[0]):
-            glb.add_geometry(trimesh.PointCloud(*fused), node_name="static_fused", geom_name="static_fused")
-        for t, (points, colors) in enumerate(dynamic_parts):
-            if len(points):
-                name = f"dynamic_{t:04d}"
-                glb.add_geometry(trimesh.PointCloud(points, colors=colors), node_name=name, geom_name=name)
+        for cloud, colors, name in clouds:
+            if len(cloud):
+                glb.add_geometry(trimesh.PointCloud(cloud, colors=colors), node_name=name, geom_name=name)
         c2w = _np(scene.cam2world).astype(np.float64)
         intrinsics = _np(scene.intrinsics).astype(np.float64)
-        size = self._frustum_size(c2w, [fused[0], *(p for p, _ in dynamic_parts)])
+        size = self._frustum_size(c2w, [cloud for cloud, _, _ in clouds])
         # colour the cameras along time (turbo: blue first, red last) so the trajectory's direction shows
         shades = writers.colorize(np.linspace(0, 1, len(scene))[None])[0]
         for t in range(len(scene)):
@@ -289,9 +290,18 @@ class PointCloudExporter:
     def _frustum_size(self, c2w: np.ndarray, clouds: list[np.ndarray]) -> float:
         if self.camera_size is not None:
             return self.camera_size
-        everything = np.concatenate([c2w[:, :3, 3], *clouds])
-        diagonal = float(np.linalg.norm(everything.max(0) - everything.min(0)))
+        boxes = [c2w[:, :3, 3]] + [cloud for cloud in clouds if len(cloud)]
+        low = np.min([box.min(0) for box in boxes], axis=0)
+        high = np.max([box.max(0) for box in boxes], axis=0)
+        diagonal = float(np.linalg.norm(high - low))
         return 0.05 * diagonal if diagonal > 0 else 1.0
+
+
+def _subsample(index: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """``index`` itself, or an ordered fixed-seed draw of ``share`` of it without replacement."""
+    if share >= 1.0:
+        return index
+    return np.sort(rng.choice(index, round(len(index) * share), replace=False))
 
 
 # --- COLMAP ------------------------------------------------------------------------------------------
@@ -383,12 +393,13 @@ class ColmapExporter:
         path.write_text("\n".join(lines) + "\n")
 
     def _write_points(self, path: Path, scene: Scene, rgb: np.ndarray) -> None:
-        select = _kept(scene, self.min_conf) & ~_dynamic(scene)
-        points = _np(scene.pts3d)[select].astype(np.float32)
-        colors = rgb[select]
-        if len(points) > self.max_points:
-            chosen = np.sort(np.random.default_rng(0).choice(len(points), self.max_points, replace=False))
-            points, colors = points[chosen], colors[chosen]
+        index = np.flatnonzero(_kept(scene, self.min_conf) & ~_dynamic(scene))
+        if len(index) > self.max_points:  # drawn before gathering: the static points grow with the video
+            index = index[
+                np.sort(np.random.default_rng(0).choice(len(index), self.max_points, replace=False))
+            ]
+        points = _np(scene.pts3d).reshape(-1, 3)[index].astype(np.float32)
+        colors = rgb.reshape(-1, 3)[index]
         lines = [
             "# 3D point list with one line of data per point:",
             "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",

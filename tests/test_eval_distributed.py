@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from easi3r.distributed import Ranks, rank_device
 from easi3r.errors import Easi3RError
-from easi3r.eval.distributed import Ranks, rank_device
 from easi3r.synthetic import make_scene
 
 from .test_eval import FAST, make_davis

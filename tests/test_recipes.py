@@ -165,6 +165,7 @@ def test_default_recipe_is_the_reference_configuration() -> None:
             "exclude_dynamic": False,
             "temporal_smoothing_weight": 0.0,
         },
+        "scale": {"stream": "auto", "chunk_pairs": 64, "align_window": None, "align_overlap": 5},
         "export": {
             "exporters": [
                 "masks",

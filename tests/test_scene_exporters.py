@@ -201,6 +201,24 @@ def test_point_clouds_split_filter_and_colour(result, tmp_path: Path) -> None:
         assert np.linalg.norm(frustum.vertices - centre, axis=1).min() < 1e-5  # the apex
 
 
+def test_glb_keeps_an_even_share_above_max_points_and_the_ply_files_keep_all(result, tmp_path: Path) -> None:
+    static, dynamic = selections(result)
+    total = int(static.sum() + dynamic.sum())
+    PointCloudExporter(max_points=total // 4)(result, tmp_path)
+    glb = trimesh.load(tmp_path / "scene" / "scene.glb")
+    clouds = {name: g for name, g in glb.geometry.items() if not name.startswith("camera_")}
+    kept = sum(len(cloud.vertices) for cloud in clouds.values())
+    assert abs(kept - total // 4) <= len(clouds)  # each cloud rounds its own share
+    pts = result.scene.pts3d.numpy()
+    assert len(clouds["static_fused"].vertices) == round(static.sum() / 4)
+    # a subset of the static points, in their order
+    chosen = clouds["static_fused"].vertices
+    rows = {tuple(p) for p in pts[static].tolist()}
+    assert all(tuple(p) in rows for p in chosen.tolist())
+    fused, _ = load_cloud(tmp_path / "scene" / "points" / "static_fused.ply")
+    assert len(fused) == static.sum()
+
+
 def test_fused_cloud_voxel_average(result, tmp_path: Path) -> None:
     voxel = 0.5
     PointCloudExporter(voxel=voxel)(result, tmp_path)

@@ -26,7 +26,7 @@ recorded with its error and the others are still evaluated; :attr:`Summary.faile
 ``easi3r eval`` command then exits with status 1, so that scripts notice a partial result.
 
 Started by ``torchrun``, the processes share the sequences out and rank 0 writes the summary
-(:mod:`easi3r.eval.distributed`); the files written are those of one process.
+(:mod:`easi3r.distributed`); the files written are those of one process.
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from easi3r import distributed
 from easi3r.errors import Easi3RError
-from easi3r.eval import distributed
 from easi3r.eval.datasets import DATASETS, Sequence, read_depth, read_mask
 from easi3r.eval.metrics import (
     DepthAlign,

@@ -1,8 +1,11 @@
-"""``easi3r eval`` over several processes: ``torchrun --nproc_per_node=K -m easi3r eval ...``.
+"""Several processes: ``torchrun --nproc_per_node=K -m easi3r eval ...`` (or ``... easi3r run ...``).
 
 torchrun starts K copies of the command and tells each its place through environment variables
-(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). The sequences are dealt
-round robin (sequence ``i`` of the reader's order to rank ``i % K``), so every rank knows its share
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``).
+
+``eval`` deals whole sequences; ``run`` on one long video deals the chunks of pairs of each pass and the
+alignment windows the same way, through the run cache (:mod:`easi3r.pipeline`). For ``eval``: sequences
+are dealt round robin (sequence ``i`` of the reader's order to rank ``i % K``), so every rank knows its share
 without asking the others, and the sequences' output folders are disjoint. The ranks talk only twice:
 rank 0's check of the output folder is broadcast before anything runs, and the per-sequence results
 (small Python objects) are gathered at the end so that rank 0 writes the one summary and every rank
@@ -63,6 +66,18 @@ class Ranks:
     def shard(self, items: SequenceOf[T]) -> list[T]:
         """This rank's share of ``items``: those at positions ``rank``, ``rank + K``, ``rank + 2K``..."""
         return list(items[self.rank :: self.world_size])
+
+    def owns(self, index: int) -> bool:
+        """Whether item ``index`` of a round-robin deal (:meth:`shard`) is this rank's."""
+        return index % self.world_size == self.rank
+
+    def broadcast(self, value: T) -> T:
+        """Rank 0's ``value`` on every rank."""
+        if self.world_size == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
 
     def check_on_main(self, check: Callable[[], None]) -> None:
         """Run ``check`` on rank 0 alone and raise its :class:`Easi3RError` on every rank.
