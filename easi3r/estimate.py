@@ -50,16 +50,16 @@ class RunEstimate:
     def describe(self, streamed: bool, cache: Path | str, available: int | None) -> str:
         """The one line printed before a run."""
         height, width = self.size
-        outputs = (
-            f"pair outputs {_gib(self.chunk)} per chunk, streamed to {cache}"
-            if streamed
-            else (f"pair outputs {_gib(self.pair_outputs)}")
-        )
+        outputs = f"pair outputs {_gib(self.pair_outputs)}"
+        aligning = self.alignment
+        if streamed:  # the aligner then reads its pairs back from the cache
+            outputs = f"pair outputs {_gib(self.chunk)} per chunk, streamed to {cache}"
+            aligning += self.alignment_inputs
         where = "all frames at once" if self.window is None else f"windows of {self.window} frames"
         line = (
             f"{self.frames} frames of {width}×{height}, {self.pairs} pairs per pass; estimated peak memory "
             f"{_gib(self.total(streamed))} GiB (model {_gib(self.model)}, frames {_gib(self.images)}, "
-            f"maps {_gib(self.maps)}, {outputs}, alignment {_gib(self.alignment + self.alignment_inputs)} over {where})"
+            f"maps {_gib(self.maps)}, {outputs}, alignment {_gib(aligning)} over {where})"
         )
         if available is not None:
             line += f" of {_gib(available)} GiB available"
