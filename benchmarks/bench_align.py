@@ -29,10 +29,11 @@ Accuracy: an 8-frame 48×64 scene, the same graph, 300 iterations (the reference
 of Gaussian noise (std relative to depth) and outlier fraction (depth ×[1/3, 3] plus lateral jitter, at
 ordinary confidence); ATE after Sim(3) alignment divided by the room size, and the relative focal error.
 
-``--hotspots T`` profiles the loss of ``GlobalAligner`` at T frames (torch profiler, top operators by
-self CPU time, the parts of the 3D term timed one by one) and times two candidate replacements against it:
-a fused residual with a hand-written backward, and the same keeping its buffers across steps (gradients
-compared). docs/geometry.md has the measured tables and the commands.
+``--hotspots T`` profiles the 3D term composed of autograd's operators at T frames (torch profiler, top
+operators by self CPU time, the parts timed one by one), which is how the aligner computed it before,
+and times it against the aligner's fused residual with its hand-written backward (``GlobalAligner.forward``)
+and against a candidate that keeps the fused residual's buffers across steps (gradients compared).
+docs/geometry.md has the measured tables and the commands.
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ from torch import Tensor
 
 from easi3r.eval import metrics
 from easi3r.pairs import make_pairs
-from easi3r.strategies.global_align import AlignConfig, AlignState, GlobalAligner, _affine, global_align
+from easi3r.strategies.global_align import (
+    AlignConfig,
+    AlignState,
+    GlobalAligner,
+    _affine,
+    _PairResidual,
+    global_align,
+)
 from easi3r.synthetic import SyntheticScene, make_scene, pair_predictions
 from easi3r.types import PairPredictions
 
@@ -204,23 +212,14 @@ def _forward_args(args: argparse.Namespace) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------
-# hot spots: where a step's time goes, and what a fused residual would save
+# hot spots: where a step's time goes, and what the fused residual saves
 
 
-class _FusedPairResidual(torch.autograd.Function):
-    """Σ_p Σ_n w·‖rows[index[p]] − (pred·A_pᵀ + t_p)‖₂ with a hand-written backward.
-
-    A candidate for ``GlobalAligner.forward`` (not used by the aligner). Autograd's version makes a
-    full-size (P, H·W, 3) tensor for the gather, one for the similarity (plus a copy of the broadcast
-    translation into it), one for the subtraction, the negation of the subtraction's gradient, and four in
-    the norm's backward (eq, masked_fill, div, mul). Here the gathered rows become the residual in place
-    (one GEMM with α = −1, one subtraction), the backward turns the residual into its own gradient in
-    place, and the minus signs go onto the (P, 3, 3) and (P, 3) gradients instead of full-size tensors.
-    The gradient scatter is ``index_add_``, as index_select's own backward (a fixed summation order).
-
-    ``buffers`` (a dict, one per view), when given, keeps the residual and distance tensors from one step
-    to the next, so the step touches no fresh pages: then only one forward may be in flight per dict.
-    """
+class _BufferedPairResidual(torch.autograd.Function):
+    """The aligner's fused residual (``strategies/global_align.py::_PairResidual``) keeping its residual
+    and distance tensors in ``buffers`` (a dict, one per view) from one step to the next, so that a step
+    touches no fresh pages. A candidate, not used by the aligner: only one forward may be in flight per
+    dict, and the buffers stay allocated between steps."""
 
     @staticmethod
     def forward(
@@ -231,45 +230,46 @@ class _FusedPairResidual(torch.autograd.Function):
         rot: Tensor,
         trans: Tensor,
         weight: Tensor,
-        buffers: dict[str, Tensor] | None,
+        buffers: dict,
     ) -> Tensor:
-        if buffers is None:
-            diff = rows.index_select(0, index).view(pred.shape)
-        else:
-            if "diff" not in buffers or buffers["diff"].shape != pred.shape:
-                buffers["diff"], buffers["dist"] = pred.new_empty(pred.shape), pred.new_empty(pred.shape[:2])
-            diff = buffers["diff"]
-            torch.index_select(rows, 0, index, out=diff.view(len(pred), -1))
+        if "diff" not in buffers or buffers["diff"].shape != pred.shape:
+            buffers["diff"], buffers["dist"] = pred.new_empty(pred.shape), pred.new_empty(pred.shape[:2])
+        diff = buffers["diff"]
+        torch.index_select(rows, 0, index, out=diff.view(len(pred), -1))
         diff.baddbmm_(pred, rot.transpose(1, 2), alpha=-1).sub_(trans[:, None])
-        if buffers is None:
-            dist = torch.linalg.vector_norm(diff, dim=-1)
-        else:
-            dist = torch.linalg.vector_norm(diff, dim=-1, out=buffers["dist"])
+        dist = torch.linalg.vector_norm(diff, dim=-1, out=buffers["dist"])
         ctx.save_for_backward(diff, dist, index, pred, weight)
         ctx.n_rows = rows.shape[0]
         return torch.dot(dist.flatten(), weight.flatten())
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        diff, dist, index, pred, weight = ctx.saved_tensors
-        # d‖r‖/dr = r/‖r‖; where r = 0 exactly the clamp gives 0·(huge) = 0, as autograd's norm does
-        scale = dist.clamp_(min=1e-30).reciprocal_().mul_(weight).mul_(grad)
-        g_diff = diff.mul_(scale[..., None])  # the residual is not needed again: reuse its memory
-        g_rows = g_diff.new_zeros(ctx.n_rows, g_diff[0].numel()).index_add_(0, index, g_diff.flatten(1))
-        g_rot = -torch.bmm(g_diff.transpose(1, 2), pred)
-        g_trans = -g_diff.sum(1)
-        return g_rows, None, None, g_rot, g_trans, None, None
+        return (*_PairResidual.backward(ctx, grad), None)
 
 
-def _fused_loss(aligner: GlobalAligner, buffers: tuple[dict, dict] | None = None) -> Tensor:
-    """``GlobalAligner.forward`` (no temporal term) with :class:`_FusedPairResidual`."""
+def _buffered_loss(aligner: GlobalAligner, buffers: tuple[dict, dict]) -> Tensor:
+    """``GlobalAligner.forward`` (no temporal term) with :class:`_BufferedPairResidual`."""
     rows = aligner.world_points().flatten(1)
     trf = aligner.pair_poses()
     rot, trans = trf[:, :3, :3], trf[:, :3, 3]
-    buf1, buf2 = buffers or (None, None)
-    loss1 = _FusedPairResidual.apply(rows, aligner.ei, aligner.pred1, rot, trans, aligner.w1, buf1)
-    loss2 = _FusedPairResidual.apply(rows, aligner.ej, aligner.pred2, rot, trans, aligner.w2, buf2)
+    loss1 = _BufferedPairResidual.apply(rows, aligner.ei, aligner.pred1, rot, trans, aligner.w1, buffers[0])
+    loss2 = _BufferedPairResidual.apply(rows, aligner.ej, aligner.pred2, rot, trans, aligner.w2, buffers[1])
     return loss1 / aligner.area + loss2 / aligner.area
+
+
+def _autograd_loss(aligner: GlobalAligner) -> Tensor:
+    """The 3D term composed of autograd's operators, as the aligner computed it before its fused residual."""
+    world = aligner.world_points()
+    trf = aligner.pair_poses()
+    rows = world.flatten(1)
+    loss = world.new_zeros(())
+    for index, pred, weight in (
+        (aligner.ei, aligner.pred1, aligner.w1),
+        (aligner.ej, aligner.pred2, aligner.w2),
+    ):
+        dist = (rows.index_select(0, index).view_as(pred) - _affine(trf, pred)).norm(dim=-1)
+        loss = loss + (dist * weight).sum() / aligner.area
+    return loss
 
 
 def _loss_breakdown(aligner: GlobalAligner, clock: Callable[[], float]) -> dict[str, float]:
@@ -317,10 +317,10 @@ def hotspots(
         loss.backward()
         return clock() - start, float(loss.detach())
 
-    forward_backward(GlobalAligner.forward)  # warm-up
+    forward_backward(_autograd_loss)  # warm-up
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(2):
-            forward_backward(GlobalAligner.forward)
+            forward_backward(_autograd_loss)
     ops = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
     top = [
         {
@@ -336,12 +336,12 @@ def hotspots(
 
     kept: tuple[dict, dict] = ({}, {})
     variants: dict[str, Callable[[GlobalAligner], Tensor]] = {
-        "autograd (GlobalAligner.forward)": GlobalAligner.forward,
-        "fused residual": _fused_loss,
-        "fused residual, buffers kept across steps": lambda a: _fused_loss(a, kept),
+        "autograd operators (before)": _autograd_loss,
+        "fused residual (GlobalAligner.forward)": GlobalAligner.forward,
+        "fused residual, buffers kept across steps": lambda a: _buffered_loss(a, kept),
     }
     # the same gradient? (then interleaved timing, the fastest of the rounds of each)
-    forward_backward(GlobalAligner.forward)
+    forward_backward(_autograd_loss)
     ref = [p.grad.clone() for p in params]
     grad_rel = {}
     for name, fn in list(variants.items())[1:]:

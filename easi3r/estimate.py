@@ -1,9 +1,9 @@
 """How much memory a run will take, said before it starts (and used to decide ``scale.stream: auto``).
 
 Sizes come from the tensors the run will hold, whose shapes are known from the frames, the pair list
-and the backbone; the alignment term is calibrated on ``benchmarks/bench_align.py`` (about 100 bytes per
-pair-pixel at 144×256, float32, optimiser state and autograd included, on top of the predictions it
-reads). The fixed cost of Python and
+and the backbone; the alignment term is calibrated on ``benchmarks/bench_align.py`` (the spanning-tree initialisation
+sets the peak: about 81 bytes per pair and pixel at 144×256, float32, on top of the predictions it
+reads) and on whole runs (``benchmarks/bench_scale.py``): 100 are counted. The fixed cost of Python and
 PyTorch themselves (about 0.4 GiB) is counted too. ``benchmarks/bench_scale.py`` prints it beside the
 measured peak.
 """

@@ -1,7 +1,7 @@
 """Window-wise alignment of long videos: align overlapping windows of frames apart, then chain them.
 
 Global alignment of all T frames at once needs memory and time that grow with the number of pairs (about
-100 bytes per pair-pixel), which rules it out for videos of hundreds of frames. Here the video is cut into
+80 bytes per pair and pixel), which rules it out for videos of hundreds of frames. Here the video is cut into
 overlapping windows of frames; each window is aligned on its own (its frames and every pair whose two
 frames both lie in it), and the windows are chained into one world by a similarity fitted on the cameras
 they share. This is a named deviation from the reference, which aligns all frames at once; the default
