@@ -627,7 +627,7 @@ class _PairResidual(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, rows: Tensor, index: Tensor, pred: Tensor, rot: Tensor, trans: Tensor, weight: Tensor
-    ):
+    ) -> Tensor:
         diff = rows.index_select(0, index).view(pred.shape)
         diff.baddbmm_(pred, rot.transpose(1, 2), alpha=-1).sub_(trans[:, None])
         dist = torch.linalg.vector_norm(diff, dim=-1)
