@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from easi3r.errors import Easi3RError
 from easi3r.geometry import Scene
 from easi3r.types import PairPredictions
+from easi3r.writers import save_safetensors
 
 __all__ = ["PREDICTION_KEYS", "RunCache", "StoredPredictions", "fingerprint"]
 
@@ -54,7 +54,7 @@ def _atomic_save(
     path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata or {}))
+    save_safetensors(tmp, tensors, metadata)
     os.replace(tmp, path)
 
 

@@ -24,16 +24,6 @@ MAP_KEYS = {
 }
 
 
-def per_frame_confidence(outputs: PairOutputs, n_frames: int) -> Tensor:
-    """(T, H, W): for every frame, the maximum confidence any pair predicts for it (``im_conf``)."""
-    pred = outputs.predictions.select(torch.arange(len(outputs.pairs)))
-    conf = torch.zeros(n_frames, *pred.conf_1.shape[1:], dtype=pred.conf_1.dtype)
-    for views, values in ((outputs.pairs[:, 0], pred.conf_1), (outputs.pairs[:, 1], pred.conf_2)):
-        index = views[:, None, None].expand_as(values)
-        conf.scatter_reduce_(0, index, values, reduce="amax")
-    return conf
-
-
 def _pass_tensors(prefix: str, outputs: PairOutputs, masks: DynamicMasks | None, n_frames: int) -> dict:
     out: dict[str, Tensor] = {
         f"{prefix}/view1_idx": outputs.pairs[:, 0],
@@ -47,7 +37,7 @@ def _pass_tensors(prefix: str, outputs: PairOutputs, masks: DynamicMasks | None,
             f"{prefix}/pred1_conf": pred.conf_1,
             f"{prefix}/pred2_pts3d_in_other_view": pred.pts3d_2,
             f"{prefix}/pred2_conf": pred.conf_2,
-            f"{prefix}/im_conf": per_frame_confidence(outputs, n_frames),
+            f"{prefix}/im_conf": pred.frame_confidence(outputs.pairs, n_frames),
         }
     if outputs.attention is not None:
         out[f"{prefix}/pred1_cross_atten_maps_k"] = outputs.attention.decoder1

@@ -109,6 +109,16 @@ class PairPredictions:
     def __len__(self) -> int:
         return self.pts3d_1.shape[0]
 
+    def frame_confidence(self, pairs: Tensor, n_frames: int) -> Tensor:
+        """(T, H, W) per-frame confidence (the reference's ``im_conf``): the max over every pair
+        prediction of that frame, as view 1 or view 2, starting from 0 as the reference does."""
+        _, height, width = self.conf_1.shape
+        out = torch.zeros(n_frames, height * width, dtype=self.conf_1.dtype)
+        for view, conf in ((0, self.conf_1), (1, self.conf_2)):
+            index = pairs[:, view, None].expand(-1, height * width)
+            out.scatter_reduce_(0, index, conf.flatten(1), reduce="amax")
+        return out.view(n_frames, height, width)
+
     def select(self, indices: Tensor) -> PairPredictions:
         """The predictions of the pairs ``indices`` (the same call reads a disk-backed store)."""
         return PairPredictions(

@@ -58,7 +58,6 @@ __all__ = [
     "GlobalAligner",
     "PairwiseAlign",
     "clean_confidence",
-    "frame_confidence",
     "global_align",
     "init_mst",
     "pair_scores",
@@ -205,17 +204,6 @@ def _check_geometry(preds: PairPredictions, pairs: Tensor, n_frames: int, w1: Te
             )
 
 
-def frame_confidence(preds: PairPredictions, pairs: Tensor, n_frames: int) -> Tensor:
-    """(T, H, W) per-frame confidence: the max over every pair prediction of that frame (view 1 or 2),
-    starting from 0 as the reference does."""
-    _, height, width = preds.conf_1.shape
-    out = torch.zeros(n_frames, height * width, dtype=preds.conf_1.dtype)
-    for view, conf in ((0, preds.conf_1), (1, preds.conf_2)):
-        index = pairs[:, view, None].expand(-1, height * width)
-        out.scatter_reduce_(0, index, conf.flatten(1), reduce="amax")
-    return out.view(n_frames, height, width)
-
-
 def pair_scores(preds: PairPredictions) -> Tensor:
     """(P,) the spanning-tree score of each pair: mean(conf₁)·mean(conf₂), raw confidences."""
     return preds.conf_1.mean((1, 2)) * preds.conf_2.mean((1, 2))
@@ -302,7 +290,7 @@ def init_mst(
     pts1, pts2, conf1, conf2 = preds.pts3d_1, preds.pts3d_2, preds.conf_1, preds.conf_2
     _, height, width, _ = pts1.shape
     if im_conf is None:
-        im_conf = frame_confidence(preds, pairs, n_frames)
+        im_conf = preds.frame_confidence(pairs, n_frames)
     w1, w2 = conf1, conf2
     if static is not None:
         w1, w2 = _static_weights(conf1, static[pairs[:, 0]]), _static_weights(conf2, static[pairs[:, 1]])
@@ -743,7 +731,7 @@ def global_align(
         w1, w2 = w1 * static[pairs[:, 0]], w2 * static[pairs[:, 1]]
     _check_geometry(preds, pairs, n_frames, w1, w2)
     del w1, w2  # 2·P·H·W floats, only for the check: the aligner keeps its own weights
-    im_conf = frame_confidence(preds, pairs, n_frames)
+    im_conf = preds.frame_confidence(pairs, n_frames)
 
     if init_state is None:
         if config.init == "mst":

@@ -240,6 +240,7 @@ class PointCloudExporter:
                     writers.write_ply(path, [(points[t][select], rgb[t][select])], int(select.sum()))
                 )
         fused_path = folder / "points" / "static_fused.ply"
+        fused = None
         if self.voxel is None:
             # every static point: written frame by frame, never gathered (it grows with the video)
             blocks = ((points[t][static[t]], rgb[t][static[t]]) for t in range(len(scene)))
@@ -247,7 +248,7 @@ class PointCloudExporter:
         else:
             fused = _voxel_average(points[static], rgb[static], self.voxel)
             written.append(writers.write_ply(fused_path, [fused], len(fused[0])))
-        written.append(self._glb(scene, points, rgb, static, moving, folder / "scene.glb"))
+        written.append(self._glb(scene, points, rgb, static, moving, fused, folder / "scene.glb"))
         return written
 
     def _glb(
@@ -257,8 +258,10 @@ class PointCloudExporter:
         rgb: np.ndarray,
         static: NDArray[np.bool_],
         moving: NDArray[np.bool_],
+        fused: tuple[np.ndarray, np.ndarray] | None,
         path: Path,
     ) -> Path:
+        """``fused``: the voxel-averaged static cloud, or None for every static point."""
         glb = trimesh.Scene()
         # a GLB is built in memory and viewers slow down past a few million points: above max_points,
         # an even, fixed-seed share of every cloud is kept
@@ -266,8 +269,8 @@ class PointCloudExporter:
         rng = np.random.default_rng(0)
         static_index = _subsample(np.flatnonzero(static), share, rng)
         clouds = [(points.reshape(-1, 3)[static_index], rgb.reshape(-1, 3)[static_index], "static_fused")]
-        if self.voxel is not None:
-            clouds[0] = (*_voxel_average(points[static], rgb[static], self.voxel), "static_fused")
+        if fused is not None:
+            clouds[0] = (*fused, "static_fused")
         for t in range(len(scene)):
             index = _subsample(np.flatnonzero(moving[t]), share, rng)
             clouds.append((points[t].reshape(-1, 3)[index], rgb[t].reshape(-1, 3)[index], f"dynamic_{t:04d}"))

@@ -18,7 +18,6 @@ from easi3r.strategies.global_align import (
     GlobalAligner,
     PairwiseAlign,
     clean_confidence,
-    frame_confidence,
     global_align,
     init_mst,
     pairwise_align,
@@ -136,7 +135,7 @@ def test_golden_mst_initialisation(golden_align):
 
 def test_frame_confidence_is_max_over_pairs(golden_align):
     data, preds = golden_align
-    assert torch.equal(frame_confidence(preds, data["pairs"], 5), data["ga/im_conf"])
+    assert torch.equal(preds.frame_confidence(data["pairs"], 5), data["ga/im_conf"])
 
 
 # --- synthetic ground truth --------------------------------------------------------------------------
