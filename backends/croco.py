@@ -187,7 +187,11 @@ def grid_positions(rows: int, cols: int, device: torch.device | str = "cpu") -> 
 def _rope_base(pos_embed: str) -> float:
     if not pos_embed.startswith("RoPE"):
         raise ValueError(f"only RoPE position embeddings are supported, got {pos_embed!r}")
-    return float(pos_embed[len("RoPE") :])
+    base = float(pos_embed[len("RoPE") :])
+    # the frequencies are base ** (-i / d): a base of 0 or inf would give inf/NaN angles at run time
+    if not (math.isfinite(base) and base > 0):
+        raise ValueError(f"the RoPE base must be positive and finite, got {pos_embed!r}")
+    return base
 
 
 class CroCoStereo(nn.Module):

@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import pickle
+import shutil
 import sys
 import types
 import zipfile
@@ -25,9 +26,10 @@ from easi3r.backends.checkpoint import (
     parse_constructor,
 )
 from easi3r.backends.croco import CroCoStereo
+from easi3r.cli import main
 from easi3r.errors import CheckpointError
 
-from .helpers import DATA, GOLDEN_NET
+from .helpers import DATA, FRAMES, GOLDEN_NET
 
 GOLDEN_PTH = GOLDEN_NET / "weights.pth"
 GOLDEN_KWARGS = dict(
@@ -377,19 +379,54 @@ def test_missing_file() -> None:
     assert_one_line(excinfo, "does/not/exist.pth", "no such file")
 
 
+# The whole message is compared: pytest's tmp_path of these tests contains the word "truncated", so a
+# fragment check would pass even if the file were reported as something else.
+TRUNCATED_ZIP = "checkpoint {} is truncated or corrupt: its zip directory is missing"
+TRUNCATED_LEGACY = "checkpoint {} is truncated: the file ends inside its data"
+
+
+def cut_checkpoint(path: Path, zip_format: bool = True) -> Path:
+    """A checkpoint cut off in the middle, as an interrupted download leaves it."""
+    if zip_format:
+        data = GOLDEN_PTH.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        torch.save(golden()[1], path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:500])
+    return path
+
+
 def test_truncated_file(tmp_path: Path) -> None:
-    data = GOLDEN_PTH.read_bytes()
-    path = tmp_path / "cut.pth"
-    path.write_bytes(data[: len(data) // 2])
+    path = cut_checkpoint(tmp_path / "cut.pth")
     with pytest.raises(CheckpointError) as excinfo:
         load_checkpoint(path)
-    assert_one_line(excinfo, str(path), "truncated")
-    legacy = tmp_path / "legacy.pth"
-    torch.save(golden()[1], legacy, _use_new_zipfile_serialization=False)
-    legacy.write_bytes(legacy.read_bytes()[:500])
+    assert str(excinfo.value) == TRUNCATED_ZIP.format(path)
+    legacy = cut_checkpoint(tmp_path / "legacy.pth", zip_format=False)
     with pytest.raises(CheckpointError) as excinfo:
         load_checkpoint(legacy)
-    assert_one_line(excinfo, str(legacy), "truncated")
+    assert str(excinfo.value) == TRUNCATED_LEGACY.format(legacy)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+@pytest.mark.parametrize("command", ["run", "convert"])
+def test_truncated_file_through_the_cli(
+    command: str, zip_format: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = cut_checkpoint(tmp_path / "cut.pth", zip_format)
+    out = tmp_path / "out"
+    if command == "run":
+        frames = tmp_path / "frames"
+        frames.mkdir()
+        for name in ("00000.jpg", "00001.jpg"):
+            shutil.copy(FRAMES / name, frames / name)
+        argv = ["run", str(frames), "-r", "tiny", "-o", str(out), "--checkpoint", str(path)]
+    else:
+        argv = ["convert", str(path), str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    expected = (TRUNCATED_ZIP if zip_format else TRUNCATED_LEGACY).format(path)
+    assert (code, err) == (2, f"easi3r: error: {expected}\n")
+    assert not out.exists()
 
 
 # torch warns about the protocol of a plain pickle before refusing it
