@@ -31,12 +31,32 @@ as a power would silently mean something else to half the readers). There are no
 strings, keywords or lambdas: ``.`` only appears inside numbers.
 
 Values follow torch's broadcasting and type promotion; constants take the dtype and device of the maps.
-Division by zero gives ``inf``/``nan`` as in torch. For ``& | where`` a value is true when non-zero (NaN
-included). Formulas longer than :data:`MAX_LENGTH` or nested deeper than :data:`MAX_DEPTH` are rejected.
-Every problem, at parse or evaluation time, is a :class:`~easi3r.errors.FormulaError` whose one-line message
-gives the column and marks the token::
+:meth:`Formula.evaluate` computes division by zero as torch does (``inf``/``nan``); the checks below refuse
+such results in a mask rule. For ``& | where`` a value is true when non-zero (NaN included). Formulas longer
+than :data:`MAX_LENGTH` or nested deeper than :data:`MAX_DEPTH` are rejected. Every problem is a
+:class:`~easi3r.errors.FormulaError` with a one-line message; one about a token gives its column and marks it::
 
     formula error at column 6: unknown name 'src_maen' (did you mean 'src_mean'?; ...): (1 - [[src_maen]]) ...
+
+A mask rule is checked before it costs anything. :func:`check_rule`, called by
+:func:`easi3r.recipes.validate_recipe` (so by ``easi3r validate`` and by every run before frames or weights
+are loaded), parses ``rule.formula`` and then:
+
+* statically (:meth:`Formula.check_static`): every name is a map the aggregation produces; at least one map
+  is read (``0/0``, ``minmax(1)`` give no per-frame map); no part that reads no map is non-finite (``0/0``,
+  ``log(0)``, ``1e39``, which is inf in float32, the maps' dtype); no division by a constant zero
+  (``src_mean / 0``);
+* on sample maps (:func:`easi3r.strategies.aggregate.sample_frame_maps`: seeded random attention through
+  the real aggregation, so names, shapes and ranges are those of real maps, e.g. fused maps hold an exact
+  0): the result must be one finite value per frame token, ``(T, NH, NW)``. ``log(src_std)``,
+  ``log(src_std - 0.5)``, ``exp(1e30 * src_mean)`` and a bare ``src_mean_raw`` are refused here.
+
+What depends on the video is checked on its own maps, right after the rule combines them and before
+refinement, thresholding or pass 2 (:meth:`Formula.check_result` in :func:`easi3r.pipeline.derive_masks`):
+``log(mean_channels(src_std_raw))`` is finite on the samples but ``-inf`` on a 2-frame video, whose frames
+have one pair per side, so a std of 0. A non-finite value is never legitimate there: the maps themselves are
+always finite (the reference's NaN std of a single pair is 0 here, ``maps.single_pair_std``), so NaN or
+inf in the rule's map comes from the formula.
 """
 
 from __future__ import annotations
@@ -44,7 +64,7 @@ from __future__ import annotations
 import difflib
 import numbers
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -67,6 +87,7 @@ __all__ = [
     "Node",
     "Number",
     "Unary",
+    "check_rule",
     "evaluate",
     "parse",
 ]
@@ -270,6 +291,17 @@ def _error(source: str, col: int, width: int, message: str) -> FormulaError:
         + ("..." if right < len(source) else "")
     )
     return FormulaError(f"formula error at column {col}: {message}: {excerpt.strip()}")
+
+
+def _quote(source: str) -> str:
+    """The formula in quotes for a message about all of it; a long one is cut, the message stays short."""
+    text = " ".join(_sanitise(source).split())
+    return f"'{text}'" if len(text) <= 80 else f"'{text[:77]}...'"
+
+
+def _first_bad(values: Tensor) -> str:
+    """``nan``, ``inf`` or ``-inf``: the first non-finite element, in order."""
+    return str(float(values[~torch.isfinite(values)].flatten()[0]))
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -518,7 +550,10 @@ class _Evaluator:
             return torch.tensor(node.value, dtype=self.dtype, device=self.device)
         if isinstance(node, Name):
             return self.values[node.name]
-        operands = [self.value_of(child) for child in _children(node)]
+        return self.apply(node, [self.value_of(child) for child in _children(node)])
+
+    def apply(self, node: Unary | Binary | Compare | Call, operands: list[Tensor]) -> Tensor:
+        """The value of an operator or call node given its operands' values."""
         try:
             if isinstance(node, Unary):
                 return -operands[0] if node.op == "-" else operands[0]
@@ -552,20 +587,83 @@ class Formula:
         """The map names the formula reads."""
         return frozenset(node.name for node, _ in _walk(self.root) if isinstance(node, Name))
 
-    def evaluate(self, maps: Mapping[str, Tensor | float]) -> Tensor:
-        """Evaluate on named maps (tensors or plain numbers); raises :class:`FormulaError` on any problem."""
-        names_in_order = [node for node, _ in _walk(self.root) if isinstance(node, Name)]
-        available = sorted(map(str, maps))
-        for node in names_in_order:
-            if node.name not in maps:
+    def _name_nodes(self) -> list[Name]:
+        return [node for node, _ in _walk(self.root) if isinstance(node, Name)]
+
+    def _check_names(self, available: Collection[str]) -> None:
+        choices = sorted(map(str, available))
+        for node in self._name_nodes():
+            if node.name not in available:
                 raise _error(
                     self.source,
                     node.col,
                     len(node.name),
-                    f"unknown name '{node.name}' ({_suggest(node.name, available)}"
-                    f"available: {', '.join(available) or 'none'})",
+                    f"unknown name '{node.name}' ({_suggest(node.name, choices)}"
+                    f"available: {', '.join(choices) or 'none'})",
                 )
-        used = {node.name: maps[node.name] for node in names_in_order}
+
+    def check_static(self, available: Collection[str]) -> None:
+        """Refuse what is wrong whatever the maps hold: a name not in ``available``, no map name at all,
+        a part without maps whose value is not finite, a division by a constant zero."""
+        self._check_names(available)
+        if not self.names:
+            raise FormulaError(
+                f"formula error: {_quote(self.source)} reads no map, so it cannot give a per-frame map; "
+                f"use at least one of {', '.join(sorted(available))}"
+            )
+        # Constants are float32 at run time (the maps' dtype), so a number such as 1e39 is already inf.
+        self._fold(self.root, _Evaluator(self.source, {}, torch.float32, torch.device("cpu")))
+
+    def _fold(self, node: Node, evaluator: _Evaluator) -> Tensor | None:
+        """The value of a part that reads no map, or None; refuses a non-finite one and x / 0."""
+        if isinstance(node, Name):
+            return None
+        if isinstance(node, Number):
+            value = evaluator.value_of(node)
+            if not torch.isfinite(value):
+                raise _error(self.source, node.col, node.width, "number too large: it is inf in float32")
+            return value
+        operands = [self._fold(child, evaluator) for child in _children(node)]
+        if isinstance(node, Binary) and node.op == "/" and operands[0] is None:
+            divisor = operands[1]
+            if divisor is not None and bool((divisor == 0).all()):
+                raise _error(self.source, node.col, 1, "division by zero gives inf or nan")
+        if any(operand is None for operand in operands):
+            return None
+        value = evaluator.apply(node, operands)
+        if not torch.isfinite(value).all():
+            raise _error(
+                self.source, node.col, _width(node), f"this part is {_first_bad(value)} whatever the maps"
+            )
+        return value
+
+    def check_result(self, result: Tensor, shape: Sequence[int], *, on: str) -> None:
+        """Refuse a result that is not a finite per-frame map of ``shape`` (T, NH, NW); ``on`` says which
+        maps gave it (e.g. ``"on this video's maps"``), for the message."""
+        expected = tuple(shape)
+        if tuple(result.shape) != expected:
+            hint = (
+                "; fuse a *_raw map's channels with mean_channels()"
+                if result.ndim == len(expected) + 1
+                else ""
+            )
+            raise FormulaError(
+                f"formula error: {_quote(self.source)} gives a map of shape {tuple(result.shape)} {on}, "
+                f"not one value per frame token, (T, NH, NW) = {expected}{hint}"
+            )
+        bad_frames = (~torch.isfinite(result)).reshape(result.shape[0], -1).any(dim=1).nonzero().flatten()
+        if len(bad_frames):
+            first = int(bad_frames[0])
+            raise FormulaError(
+                f"formula error: {_quote(self.source)} gives {_first_bad(result[first])} {on}, first in "
+                f"frame {first} ({len(bad_frames)} of {result.shape[0]} frames); a mask rule must be finite "
+                "everywhere"
+            )
+
+    def evaluate(self, maps: Mapping[str, Tensor | float]) -> Tensor:
+        """Evaluate on named maps (tensors or plain numbers); raises :class:`FormulaError` on any problem."""
+        self._check_names(maps)
+        used = {node.name: maps[node.name] for node in self._name_nodes()}
         for name, value in used.items():
             if not isinstance(value, Tensor | numbers.Real):
                 raise FormulaError(
@@ -598,6 +696,16 @@ def parse(text: str) -> Formula:
         if depth > MAX_DEPTH:
             raise _error(text, node.col, _width(node), f"formula is nested more than {MAX_DEPTH} levels deep")
     return Formula(text, root)
+
+
+def check_rule(text: str, maps: Mapping[str, Tensor], shape: Sequence[int]) -> Formula:
+    """Parse a mask formula and refuse one that cannot give a finite per-frame map, before a run pays for
+    frames and weights: :meth:`Formula.check_static`, then an evaluation on ``maps``, sample maps with the
+    names, shapes and value ranges of the real ones, whose result must be a finite map of ``shape``."""
+    formula = parse(text)
+    formula.check_static(maps)
+    formula.check_result(formula.evaluate(maps), shape, on="on sample maps made like real ones")
+    return formula
 
 
 def evaluate(text: str, maps: Mapping[str, Tensor | float]) -> Tensor:

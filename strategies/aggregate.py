@@ -141,3 +141,22 @@ def frame_maps(
     maps = {name: fuse_channels(raw[name]) for name in STAT_NAMES}
     maps.update({f"{name}_raw": raw[name] for name in STAT_NAMES})
     return FrameMaps(maps=maps)
+
+
+def sample_frame_maps(*, corner_fix: bool = True, single_pair_std: str = "zero") -> FrameMaps:
+    """Small maps made by :func:`frame_maps` from seeded random attention, like real ones.
+
+    They have every name a mask rule can read, the real shapes (fused ``(T, NH, NW)``, raw ``(T, NH, NW,
+    C)``) and value ranges (fused maps hold an exact 0), so a formula can be tried on them before a run
+    pays for frames and weights (:func:`easi3r.formula.check_rule`). 3 frames, all 6 ordered pairs (two
+    per frame and side, so no std falls back to zero), a 4×5 token grid and 2 channels: distinct sizes,
+    so a formula that mixes axes fails here as it would on a video.
+    """
+    n_frames, grid, channels = 3, (4, 5), 2
+    pairs = torch.tensor([(i, j) for i in range(n_frames) for j in range(n_frames) if i != j])
+    generator = torch.Generator().manual_seed(0)
+    shape = (len(pairs), *grid, channels)
+    attention = PairAttention(
+        decoder1=torch.randn(shape, generator=generator), decoder2=torch.randn(shape, generator=generator)
+    )
+    return frame_maps(attention, pairs, n_frames, corner_fix=corner_fix, single_pair_std=single_pair_std)
