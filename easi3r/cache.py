@@ -8,18 +8,22 @@ A run that streams keeps one folder (by default ``OUT.cache`` beside the output 
     align/window-000000-000030.safetensors   one aligned window of frames (window-wise alignment)
 
 Every file is written under a temporary name and renamed into place, so a file under its final name is
-complete whatever killed the run; a resumed run loads those and computes only what is missing. The
-decoding order and batches are the same either way, so a resumed run writes the same bytes as an
-uninterrupted one. The folder is removed when the outputs have been written (unless kept).
+complete whatever killed the run; a resumed run loads those and computes only what is missing. Each
+file carries a CRC-32 of its tensors (metadata ``checksum``): resuming checks every file first and
+recomputes the ones the disk has damaged. The decoding order and batches are the same either way, so
+a resumed run writes the same bytes as an uninterrupted one. The folder is removed when the outputs
+have been written (unless kept).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,10 +34,11 @@ from torch import Tensor
 
 from easi3r.errors import Easi3RError
 from easi3r.geometry import Scene
+from easi3r.outputs import write_error
 from easi3r.types import PairPredictions
 from easi3r.writers import save_safetensors
 
-__all__ = ["PREDICTION_KEYS", "RunCache", "StoredPredictions", "fingerprint"]
+__all__ = ["PREDICTION_KEYS", "RunCache", "StoredPredictions", "checksum", "fingerprint"]
 
 FORMAT = 1
 PREDICTION_KEYS = ("pts3d_1", "conf_1", "pts3d_2", "conf_2")
@@ -50,20 +55,60 @@ def fingerprint(recipe_yaml: str, images: Tensor, checkpoint: str | None) -> str
     return digest.hexdigest()
 
 
+def checksum(names: Iterable[str], tensor: Callable[[str], Tensor]) -> str:
+    """CRC-32 of the named tensors' names, dtypes, shapes and bytes: a flipped byte anywhere changes it.
+
+    ``tensor(name)`` is asked for one tensor at a time, so a file is checked without loading it whole.
+    CRC-32 rather than SHA-256: it catches damage, not tampering, at about twice the speed.
+    """
+    crc = 0
+    for name in sorted(names):
+        t = tensor(name).detach().cpu()
+        crc = zlib.crc32(f"{name}:{t.dtype}:{tuple(t.shape)};".encode(), crc)
+        crc = zlib.crc32(t.contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"crc32:{crc:08x}"
+
+
 def _atomic_save(
-    path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+    root: Path, path: Path, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
+    """Write ``path`` (in the cache ``root``) under a temporary name, then rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_safetensors(tmp, tensors, metadata)
-    os.replace(tmp, path)
+    cpu = {name: t.detach().cpu() for name, t in tensors.items()}
+    try:
+        path.parent.mkdir(exist_ok=True)
+        save_safetensors(tmp, cpu, {**(metadata or {}), "checksum": checksum(cpu, cpu.__getitem__)})
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # the finished files stay valid; this one is recomputed
+        if isinstance(exc, OSError):
+            raise write_error(
+                root,
+                path.relative_to(root),
+                exc,
+                "the finished chunks are kept; free some space and run again with --resume",
+            ) from None
+        raise
 
 
 class RunCache:
     """One run's cache folder. ``resume=False`` refuses an existing cache rather than mixing two runs."""
 
-    def __init__(self, root: str | Path, fingerprint: str, *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        fingerprint: str,
+        *,
+        resume: bool = False,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.root = Path(root)
         manifest = self.root / "manifest.json"
+        if self.root.exists() and not self.root.is_dir():
+            raise Easi3RError(
+                f"{self.root}: the run cache path exists and is not a folder; choose another --cache"
+            )
         if resume:
             if not manifest.is_file():
                 raise Easi3RError(
@@ -80,6 +125,7 @@ class RunCache:
                 )
             for stale in self.root.rglob(".*.tmp-*"):  # half-written files of the killed run
                 stale.unlink()
+            self._drop_damaged(log or (lambda line: None))
         else:
             if self.root.exists() and any(self.root.iterdir()) and not manifest.is_file():
                 raise Easi3RError(
@@ -97,6 +143,19 @@ class RunCache:
                 raise Easi3RError(
                     f"{self.root}: cannot create the run cache ({exc.strerror or exc})"
                 ) from None
+
+    def _drop_damaged(self, log: Callable[[str], None]) -> None:
+        """Delete the files whose bytes no longer match their checksum, so that they are recomputed."""
+        for path in sorted(self.root.rglob("*.safetensors")):
+            try:
+                with safe_open(str(path), "pt") as f:
+                    stored = (f.metadata() or {}).get("checksum")
+                    why = None if stored == checksum(f.keys(), f.get_tensor) else "checksum mismatch"
+            except (OSError, SafetensorError):
+                why = "unreadable"
+            if why is not None:
+                log(f"cache chunk {path.relative_to(self.root)} is corrupt ({why}); recomputing it")
+                path.unlink()
 
     @classmethod
     def attach(cls, root: str | Path) -> RunCache:
@@ -133,8 +192,7 @@ class RunCache:
         self, pass_name: str, start: int, end: int, tensors: Mapping[str, Tensor], tag: str = ""
     ) -> Path:
         path = self.chunk_path(pass_name, start, end)
-        path.parent.mkdir(exist_ok=True)
-        _atomic_save(path, tensors, {"tag": tag})
+        _atomic_save(self.root, path, tensors, {"tag": tag})
         return path
 
     def predictions(self, pass_name: str, bounds: list[tuple[int, int]]) -> StoredPredictions:
@@ -144,7 +202,7 @@ class RunCache:
     # -- aligned windows --
 
     def window_store(self, windows: list[tuple[int, int]]) -> WindowFiles:
-        return WindowFiles(self.root / "align", windows)
+        return WindowFiles(self.root, windows)
 
     def remove(self) -> None:
         """Delete the cache folder; a folder that is not a run cache (no manifest) is left alone."""
@@ -206,12 +264,12 @@ class StoredPredictions:
 class WindowFiles:
     """Aligned windows on disk (:class:`easi3r.windows.WindowStore`), named by their frame range."""
 
-    def __init__(self, root: Path, windows: list[tuple[int, int]]) -> None:
-        self.root, self.windows = root, windows
+    def __init__(self, cache_root: Path, windows: list[tuple[int, int]]) -> None:
+        self.cache_root, self.windows = cache_root, windows
 
     def _path(self, k: int) -> Path:
         start, end = self.windows[k]
-        return self.root / f"window-{start:06d}-{end - 1:06d}.safetensors"
+        return self.cache_root / "align" / f"window-{start:06d}-{end - 1:06d}.safetensors"
 
     def load(self, k: int) -> Scene | None:
         path = self._path(k)
@@ -224,7 +282,6 @@ class WindowFiles:
         return Scene(**tensors, conf_is_log=conf_is_log)
 
     def save(self, k: int, scene: Scene) -> None:
-        self.root.mkdir(exist_ok=True)
         tensors = {key: getattr(scene, key) for key in _SCENE_KEYS if getattr(scene, key) is not None}
         tensors["conf_is_log"] = torch.tensor(scene.conf_is_log)
-        _atomic_save(self._path(k), tensors)
+        _atomic_save(self.cache_root, self._path(k), tensors)

@@ -145,6 +145,8 @@ def test_kill_9_then_resume_gives_identical_outputs(video, reference, tmp_path, 
     _assert_same_outputs(out, reference["windowed" if extra else "plain"])
     # the finished files were reused, not rewritten
     assert kept <= {p.name for p in cache.rglob("*.safetensors")}
+    # the lock files the killed run left went with the resumed run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.cache"]
 
 
 def test_resume_errors_are_one_line(video, tmp_path):
