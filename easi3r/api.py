@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from easi3r.cache import PREDICTION_KEYS, RunCache, StoredPredictions, fingerprint
+from easi3r.devices import check_device
 from easi3r.distributed import Ranks
 from easi3r.errors import Easi3RError
 from easi3r.estimate import available_memory, estimate_run
 from easi3r.frames import load_frames
-from easi3r.outputs import check_output_dir, staged_output_dir
+from easi3r.outputs import claim_output_dir, hold_lock, staged_output_dir
 from easi3r.pairs import make_pairs
 from easi3r.pipeline import RunResult, Stages, Stream
 from easi3r.pipeline import run as run_pipeline
@@ -43,6 +44,8 @@ def run(
     """Load frames from ``source`` (folder, file list or video), run the recipe and, if ``out_dir`` is
     given, write every output there (the folder appears only when the run succeeded).
 
+    A second run into the same ``out_dir`` (or run cache) is refused while this one runs.
+
     Long videos: when the recipe streams (``scale.stream``), pair outputs go to the run cache
     ``cache_dir`` (default ``OUT.cache`` beside ``out_dir``, else a temporary folder), which is removed
     once the outputs are written unless ``keep_cache``; ``resume`` continues the run a crash left in that cache. ``ranks``
@@ -53,27 +56,41 @@ def run(
     log = log or (lambda line: print(f"easi3r: {line}", file=sys.stderr))
     cfg = load_recipe(str(recipe), overrides)
     validate_recipe(cfg)
-    f = cfg.frames
-    frames = load_frames(
-        source, size=f.size, crop=f.crop, square_ok=f.square_ok, stride=f.stride, max_frames=f.max_frames
-    )
-    if out_dir is not None:
-        ranks.check_on_main(lambda: check_output_dir(out_dir, overwrite=overwrite))
-    stages = Stages.from_recipe(cfg)
-    cache_root = Path(cache_dir) if cache_dir is not None else None
-    if cache_root is None and out_dir is not None:
-        cache_root = Path(out_dir).parent / f"{Path(out_dir).name}.cache"
-    if not _plan(cfg, frames, stages, cache_root, resume, ranks, log):
-        result = run_pipeline(cfg, frames, stages)
+    check_device(str(cfg.backbone.device))
+    # what the run holds (the output folder's lock, the cache's lock, a throw-away cache) until it ends
+    with contextlib.ExitStack() as held:
         if out_dir is not None:
-            _write(result, out_dir, overwrite)
-        return result
 
-    with contextlib.ExitStack() as scratch:
+            def claim() -> None:  # before the frames are read: a second run is refused at once
+                held.enter_context(claim_output_dir(out_dir, overwrite=overwrite, log=log))
+
+            ranks.check_on_main(claim)
+        f = cfg.frames
+        frames = load_frames(
+            source, size=f.size, crop=f.crop, square_ok=f.square_ok, stride=f.stride, max_frames=f.max_frames
+        )
+        stages = Stages.from_recipe(cfg)
+        cache_root = Path(cache_dir) if cache_dir is not None else None
+        if cache_root is None and out_dir is not None:
+            cache_root = Path(out_dir).parent / f"{Path(out_dir).name}.cache"
+        if not _plan(cfg, frames, stages, cache_root, resume, ranks, log):
+            result = run_pipeline(cfg, frames, stages)
+            if out_dir is not None:
+                _write(result, out_dir, overwrite)
+            return result
+
         if cache_root is None:  # nothing to resume later without a named place: a throw-away cache
-            cache_root = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="easi3r-cache-")))
+            cache_root = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="easi3r-cache-")))
         stream = _open_stream(
-            cfg, frames, stages, cache_root, resume=resume, overwrite=overwrite, ranks=ranks
+            cfg,
+            frames,
+            stages,
+            cache_root,
+            resume=resume,
+            overwrite=overwrite,
+            ranks=ranks,
+            held=held,
+            log=log,
         )
         result = run_pipeline(cfg, frames, stages, stream=stream)
         if ranks.is_main:
@@ -131,15 +148,22 @@ def _open_stream(
     resume: bool,
     overwrite: bool,
     ranks: Ranks,
+    held: contextlib.ExitStack,
+    log: Callable[[str], None],
 ) -> Stream:
-    """Rank 0 opens (or, resuming, checks) the cache; the other ranks join it once that is done."""
+    """Rank 0 locks and opens (or, resuming, checks) the cache; the other ranks join it once that is done.
+
+    Only rank 0 holds the cache's lock (in ``held``): the ranks of one run share the cache, other runs
+    may not.
+    """
     batch = int(getattr(stages.backbone, "batch_size", 1))
     chunk_pairs = -(-cfg.scale.chunk_pairs // batch) * batch  # whole batches: the same as a plain run
 
     def open_cache() -> None:
+        held.enter_context(hold_lock(root, "using this run cache"))
         if overwrite and not resume:
             RunCache.attach(root).remove()
-        RunCache(root, _fingerprint(cfg, frames), resume=resume)
+        RunCache(root, _fingerprint(cfg, frames), resume=resume, log=log)
 
     ranks.check_on_main(open_cache)
     return Stream(RunCache.attach(root), chunk_pairs, ranks)

@@ -18,9 +18,10 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from easi3r import __version__
-from easi3r.errors import Easi3RError
+from easi3r.errors import Easi3RError, one_line
 
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe override key=value
 
@@ -28,7 +29,7 @@ OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe
 def _run(args: argparse.Namespace) -> int:
     from easi3r import distributed
     from easi3r.api import run
-    from easi3r.recipes import load_recipe
+    from easi3r.recipes import load_recipe, validate_recipe
 
     sources = [item for item in args.items if not OVERRIDE.match(item)]
     overrides = [item for item in args.items if OVERRIDE.match(item)]
@@ -40,7 +41,9 @@ def _run(args: argparse.Namespace) -> int:
         overrides.append(f"backbone.device={args.device}")
     if args.save_intermediates:
         overrides.append("export.save_intermediates=true")
-    device = str(load_recipe(args.recipe, overrides).backbone.device)
+    recipe = load_recipe(args.recipe, overrides)
+    validate_recipe(recipe)  # before its device is read: a recipe file may lack any section
+    device = str(recipe.backbone.device)
     with distributed.join(device) as ranks:  # torchrun: the ranks share the pairs of this one video
         result = run(
             sources[0] if len(sources) == 1 else sources,
@@ -111,10 +114,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _view(args: argparse.Namespace) -> int:
-    from easi3r.viewer import load_scene_for_viewing, serve
+    from easi3r.viewer import check_address, load_scene_for_viewing, serve
 
     if args.max_points_per_frame < 1:
         raise Easi3RError(f"--max-points-per-frame must be at least 1, got {args.max_points_per_frame}")
+    check_address(args.host, args.port)
     serve(
         load_scene_for_viewing(args.out),
         host=args.host,
@@ -170,8 +174,15 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors, in the one line every other error takes (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"easi3r: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="easi3r", description="Dynamic masks, poses and 4D point clouds from DUSt3R/MonST3R attention."
     )
     parser.add_argument("--version", action="version", version=f"easi3r {__version__}")

@@ -36,7 +36,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 
-from easi3r.errors import Easi3RError, FrameError
+from easi3r.errors import Easi3RError, FrameError, RecipeError
+from easi3r.estimate import available_memory
 from easi3r.types import Frames
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -95,6 +96,8 @@ def load_frames(
     source_sizes: list[tuple[int, int]] = []
     for file in files:
         upright = _read_image(file)
+        if not images:  # the first frame's shape stands for all: refuse before the resize allocates
+            _check_memory(upright.size, size, len(files), str(file))
         source_sizes.append(upright.size)
         images.append(_preprocess_named(upright, str(file), size, crop, square_ok))
     return _assemble(images, [str(f) for f in files], source_sizes)
@@ -171,6 +174,24 @@ def _subsample(items: list[Path], stride: int, max_frames: int | None) -> list[P
     return kept if max_frames is None else kept[:max_frames]
 
 
+_BYTES_PER_PIXEL = 4 + 12  # a resized frame is kept as a PIL RGB(X) image, then as a float32 tensor
+
+
+def _check_memory(source_size: tuple[int, int], size: int, count: int, name: str) -> None:
+    """Refuse a ``size`` at which ``count`` frames shaped like ``source_size`` cannot fit in memory."""
+    width, height = source_size
+    long_side = round(size * max(width / height, height / width)) if size == 224 else size
+    scale = long_side / max(width, height)
+    needed = count * round(width * scale) * round(height * scale) * _BYTES_PER_PIXEL
+    available = available_memory()
+    if available is not None and needed > available:
+        raise RecipeError(
+            f"frames.size={size} makes {name} {round(width * scale)}x{round(height * scale)} pixels: "
+            f"{count} such frame(s) need {needed / 1024**3:.3g} GiB, more than the "
+            f"{available / 1024**3:.1f} GiB available; lower frames.size (the reference uses 512)"
+        )
+
+
 def _check_count(count: int, label: str) -> None:
     if count < 2:
         raise FrameError(f"need at least 2 frames, got {count} from {label}")
@@ -243,6 +264,7 @@ def _load_video(
             if index % stride:
                 continue
             rgb = Image.fromarray(np.asarray(frame, dtype=np.uint8)[..., :3])
+            _check_memory(rgb.size, size, len(images) + 1, f"{path}#{index}")  # the length is unknown
             source_sizes.append(rgb.size)
             names.append(f"{path}#{index}")
             images.append(_preprocess_named(rgb, names[-1], size, crop, square_ok))

@@ -15,7 +15,7 @@ from :mod:`easi3r.types`, so each stage can also be called alone (:func:`derive_
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,8 @@ from easi3r.attention import pixel_to_token_masks
 from easi3r.backbone import Backbone
 from easi3r.cache import PREDICTION_KEYS, RunCache
 from easi3r.distributed import Ranks
+from easi3r.errors import RecipeError
+from easi3r.formula import EASI3R_RULE, parse
 from easi3r.pairs import make_pairs
 from easi3r.plugins import get_plugin_manager
 from easi3r.progress import progress_bar
@@ -48,14 +50,26 @@ class Stages:
 
     @classmethod
     def from_recipe(cls, recipe: DictConfig) -> Stages:
+        backbone = create_strategy(recipe, "backbone")
+        _check_reweight_layers(recipe.reweight.layers, backbone)
         return cls(
-            backbone=create_strategy(recipe, "backbone"),
+            backbone=backbone,
             capture=create_strategy(recipe, "capture"),
             rule=create_strategy(recipe, "rule"),
             refiner=create_strategy(recipe, "refine"),
             threshold=create_strategy(recipe, "threshold"),
             reweight=create_strategy(recipe, "reweight"),
             aligner=create_strategy(recipe, "align"),
+        )
+
+
+def _check_reweight_layers(layers: Sequence[int] | None, backbone: Backbone) -> None:
+    # a layer the network does not have would be silently never re-weighted
+    wrong = [layer for layer in layers or () if not 0 <= layer < backbone.decoder_layers]
+    if wrong:
+        raise RecipeError(
+            f"recipe key 'reweight.layers' names layer {wrong[0]}, but backbone '{backbone.name}' has "
+            f"decoder layers 0 to {backbone.decoder_layers - 1}"
         )
 
 
@@ -167,9 +181,19 @@ def chunk_bounds(n_pairs: int, chunk_pairs: int) -> list[tuple[int, int]]:
 
 
 def derive_masks(
-    stages: Stages, outputs: PairOutputs, encoded: Encoded, n_frames: int, maps_section: DictConfig
+    stages: Stages,
+    outputs: PairOutputs,
+    encoded: Encoded,
+    n_frames: int,
+    maps_section: DictConfig,
+    *,
+    rule_section: DictConfig | None = None,
 ) -> DynamicMasks:
-    """Pair maps → four per-frame maps → mask rule → refinement → threshold → pixel masks."""
+    """Pair maps → four per-frame maps → mask rule → refinement → threshold → pixel masks.
+
+    With the recipe's ``rule_section`` naming a ``formula``, the rule's map is checked (finite, one value
+    per frame token) before anything else is spent on it; a bad one is a :class:`FormulaError`.
+    """
     from easi3r.strategies.aggregate import frame_maps
     from easi3r.strategies.threshold import masks_from_map
 
@@ -181,6 +205,11 @@ def derive_masks(
         single_pair_std=maps_section.single_pair_std,
     )
     dynamic = stages.rule(maps)
+    if rule_section is not None and rule_section.name == "formula":
+        # The recipe's check on sample maps cannot foresee every video (e.g. the log of a std that is 0
+        # because a frame has one pair): catch it before refinement, thresholding and pass 2.
+        formula = parse(rule_section.get("formula", EASI3R_RULE))
+        formula.check_result(dynamic, maps["src_mean"].shape, on="on this video's maps")
     refined, extras = stages.refiner(dynamic, encoded.features().float().cpu())
     masks, threshold, upsampled = masks_from_map(refined, encoded.image_size, stages.threshold)
     return DynamicMasks(
@@ -234,7 +263,7 @@ def run(
         )
         masks = None
         if ranks.is_main:  # one rank derives the masks, so that every rank re-weights with the same ones
-            masks = derive_masks(stages, outputs, encoded, len(frames), recipe.maps)
+            masks = derive_masks(stages, outputs, encoded, len(frames), recipe.maps, rule_section=recipe.rule)
             masks = _masks_ready(masks, frames, recipe, 1)
         masks = ranks.broadcast(masks)
         result.passes["pass1"] = PassResult(outputs, masks)
@@ -253,7 +282,9 @@ def run(
             )
             masks2 = None
             if from_pass2 and ranks.is_main:
-                masks2 = derive_masks(stages, outputs, encoded, len(frames), recipe.maps)
+                masks2 = derive_masks(
+                    stages, outputs, encoded, len(frames), recipe.maps, rule_section=recipe.rule
+                )
                 masks2 = _masks_ready(masks2, frames, recipe, 2)
             result.passes["pass2"] = PassResult(outputs, masks2)
 

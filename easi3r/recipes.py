@@ -32,7 +32,9 @@ Every problem is one :class:`RecipeError` line naming the key and the fix. In th
 from __future__ import annotations
 
 import functools
+import io
 import json
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -111,6 +113,10 @@ def _is_path(ref: str) -> bool:
     return ref.endswith((".yaml", ".yml")) or "/" in ref
 
 
+def _is_relative_recipe_path(ref: str) -> bool:
+    return ref.endswith((".yaml", ".yml")) and not ref.startswith("~") and not Path(ref).is_absolute()
+
+
 def _locate(ref: str, base_dir: Path) -> Path:
     if not _is_path(ref):
         recipes = available_recipes()
@@ -127,18 +133,54 @@ def _locate(ref: str, base_dir: Path) -> Path:
     return path
 
 
+_MAX_RECIPE_BYTES = 1024**2  # recipes are a few kB; anything this large is not one
+
+
 def _read(path: Path) -> DictConfig:
     try:
-        cfg = OmegaConf.load(path)
+        size = path.stat().st_size
+        if size > _MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {size} bytes is too large for a recipe (at most 1 MiB)")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror or one_line(exc)})") from None
+    _check_nesting(text, str(path))
+    try:
+        cfg = OmegaConf.load(io.StringIO(text))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise RecipeError(f"{path}{line}: invalid YAML: {exc.problem or exc.context}") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: invalid YAML: {one_line(exc)}") from exc
+    except OmegaConfBaseException as exc:  # e.g. a malformed interpolation such as ${oops
+        raise RecipeError(f"{path}: key '{_short(exc.full_key)}': {_short(_first_line(exc))}") from None
+    except RecursionError:
+        raise RecipeError(f"{path}: nested too deeply to be a recipe") from None
     if not isinstance(cfg, DictConfig):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections, not a list")
     return cfg
+
+
+_MAX_NESTING = 32  # recipes nest three or four levels deep
+
+
+def _check_nesting(text: str, where: str) -> None:
+    """Refuse deeply nested flow collections before YAML reads them: its reader recurses once per level,
+    and ``[[[[…`` many thousand levels deep overflows the C stack (a crash, not an exception)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    if deepest > _MAX_NESTING:
+        raise RecipeError(f"{where}: brackets nested {deepest} deep; a recipe nests at most {_MAX_NESTING}")
 
 
 def _load_chain(path: Path, seen: tuple[Path, ...]) -> DictConfig:
@@ -150,8 +192,11 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> DictConfig:
     parent = cfg.pop("extends", None)
     if parent is None:
         return cfg
-    if not isinstance(parent, str):
-        raise RecipeError(f"{path}: 'extends' must be a recipe name or a relative path, got {parent!r}")
+    if not isinstance(parent, str) or (_is_path(parent) and not _is_relative_recipe_path(parent)):
+        # a recipe may come from someone else: it must not make easi3r read (and quote) any file it likes
+        raise RecipeError(
+            f"{path}: 'extends' must be a recipe name or a relative path to a .yaml file, got {_short(parent)}"
+        )
     base = _load_chain(_locate(parent, path.parent), (*seen, path))
     _drop_switched_params(base, child=cfg)
     try:
@@ -185,13 +230,16 @@ def _parse_override(text: str) -> _Override:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not all(key.split(".")):
-        raise RecipeError(f"malformed override '{text}'; expected key=value, e.g. refine.k=32")
+        raise RecipeError(f"malformed override '{_short(text)}'; expected key=value, e.g. refine.k=32")
+    _check_nesting(raw, f"override '{_short(text)}'")
     try:
         # OmegaConf's own YAML reading, so a value reads as it would in a recipe file (1e-3 is a float).
         value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or one_line(exc)
-        raise RecipeError(f"cannot read the value of override '{text}': {problem}; quote it") from exc
+        raise RecipeError(f"cannot read the value of override '{_short(text)}': {problem}; quote it") from exc
+    except OmegaConfBaseException as exc:  # e.g. a malformed interpolation such as ${oops
+        raise RecipeError(f"cannot read the value of override '{_short(text)}': {_first_line(exc)}") from None
     return _Override(text, key, value)
 
 
@@ -267,11 +315,13 @@ def _first_line(exc: Exception) -> str:
 
 
 def validate_recipe(cfg: DictConfig, *, check_names: bool = True) -> None:
-    """Raise a one-line :class:`RecipeError` for the first problem of a composed recipe.
+    """Raise a one-line :class:`RecipeError` for the first problem of a composed recipe, or a
+    :class:`~easi3r.errors.FormulaError` for a ``formula`` rule that cannot give a finite per-frame map.
 
     ``check_names=False`` skips the registry look-ups (for tests without plug-ins).
     """
     data = _resolved(cfg)
+    _check_finite(data, ())
     _raise_first(_core_validator().iter_errors(data), prefix=())
     if check_names:
         for section, kind in SECTION_KINDS.items():
@@ -281,6 +331,21 @@ def validate_recipe(cfg: DictConfig, *, check_names: bool = True) -> None:
     fragments = schema_fragments()
     for section in SECTION_KINDS:
         _check_params(section, data[section], fragments, check_names)
+    _check_rule_formula(data)
+
+
+def _check_rule_formula(data: dict[str, Any]) -> None:
+    """Refuse a mask formula that cannot give a finite per-frame map (a one-line ``FormulaError``), so a run
+    stops before it loads frames or weights."""
+    rule = data["rule"]
+    if rule["name"] != "formula":  # another rule is a plug-in's code: its fragment checked its params
+        return
+    from easi3r.formula import EASI3R_RULE, check_rule
+    from easi3r.strategies.aggregate import sample_frame_maps
+
+    maps = data["maps"]
+    sample = sample_frame_maps(corner_fix=maps["corner_fix"], single_pair_std=maps["single_pair_std"]).maps
+    check_rule(rule.get("formula", EASI3R_RULE), sample, sample["src_mean"].shape)
 
 
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -292,6 +357,19 @@ def _resolved(cfg: DictConfig) -> dict[str, Any]:
         ) from exc
     except OmegaConfBaseException as exc:
         raise RecipeError(f"recipe key '{exc.full_key}' cannot be resolved: {_first_line(exc)}") from exc
+
+
+def _check_finite(node: object, path: tuple[object, ...]) -> None:
+    # JSON Schema has no NaN or infinity, and every bound holds vacuously for NaN (nan > 0 is False, and
+    # so is nan <= 0): YAML's .nan and .inf would pass any "minimum"
+    if isinstance(node, float) and not math.isfinite(node):
+        raise RecipeError(f"recipe key '{_key_path(path)}' must be a finite number, got {node}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, (*path, i))
 
 
 def _check_name(kind: str, name: str, key: str) -> None:
@@ -365,15 +443,23 @@ def _key_path(parts: Iterable[object]) -> str:
     text = ""
     for part in parts:
         text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text
+    return _short(text)
 
 
 def _plain(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+    return _short(value if isinstance(value, str) else json.dumps(value))
 
 
 def _show(value: object) -> str:
-    return f"'{value}'" if isinstance(value, str) else json.dumps(value)
+    return _short(f"'{value}'" if isinstance(value, str) else json.dumps(value))
+
+
+_QUOTED = 60  # longest key or value an error message quotes: a message never replays a whole file
+
+
+def _short(text: object) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= _QUOTED else f"{text[: _QUOTED - 1]}…"
 
 
 # --- use -------------------------------------------------------------------------------------------

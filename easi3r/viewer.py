@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import sys
 import threading
 import time
@@ -151,6 +152,22 @@ def scene_extent(data: ViewerData, points: np.ndarray) -> tuple[np.ndarray, floa
     centre = np.median(everything, axis=0)
     radius = float(np.percentile(np.linalg.norm(everything - centre, axis=1), 90))
     return centre, radius if radius > 0 else 1.0
+
+
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address :func:`serve` cannot serve on.
+
+    viser binds in a background thread, so a host this machine cannot serve on would leave the command
+    waiting forever: the host is tried first, on any port (viser moves on from a busy port by itself).
+    """
+    if not 1 <= port <= 65535:
+        raise Easi3RError(f"--port must be a TCP port from 1 to 65535, got {port}")
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM):
+            with socket.socket(family, kind, proto) as probe:
+                probe.bind(address)
+    except OSError as exc:
+        raise Easi3RError(f"--host {host}: cannot serve on this address ({exc.strerror or exc})") from None
 
 
 def serve(

@@ -43,13 +43,14 @@ def _bad_checkpoint(tmp_path, kind: str):
     path = tmp_path / f"{kind}.pth"
     if kind == "missing":
         return path, "no such file"
+    # the fragments are what follows the path: the path itself holds the case's name
     if kind == "not_a_checkpoint":
         path.write_text("hello")
-        return path, str(path)
+        return path, f"{path} is not a PyTorch checkpoint"
     if kind == "truncated":
         data = (GOLDEN_NET / "weights.pth").read_bytes()
         path.write_bytes(data[: len(data) // 2])
-        return path, str(path)
+        return path, f"{path} is truncated or corrupt: its zip directory is missing"
     # wrong architecture: a checkpoint whose decoder lost a layer
     checkpoint = torch.load(GOLDEN_NET / "weights.pth", weights_only=False)
     checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if not k.startswith("dec_blocks.2.")}

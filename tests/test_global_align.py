@@ -103,8 +103,42 @@ def test_golden_confidence_cleaning(golden_align):
         data["ga/im_conf"],
         data["ga/pts3d"],
     )
-    cleaned = clean_confidence(scene)
-    assert torch.equal(cleaned, data["ga/im_conf_after_clean"])
+    cleaned, reference = clean_confidence(scene), data["ga/im_conf_after_clean"]
+    # The reference rounds projected pixel coordinates, so a point that lands within float32 noise of a
+    # half-integer in another frame may be compared with either neighbour, depending on the CPU's
+    # summation order (seen: v = 8.500001 on one machine, 8.4999995 on another). Such rounding ties are
+    # the only pixels allowed to differ, they are rare (about 30 of 64,000 pixels here lie within 8 float32
+    # ulps of a tie), and each one differs exactly by the clipping decision (one side clipped to 0, the
+    # other kept the raw confidence).
+    ties = _rounding_ties(scene, ulps=8)
+    differ = cleaned != reference
+    print(f"\n{int(differ.sum())} of {differ.numel()} pixels differ, {int(ties.sum())} rounding ties")
+    assert int(ties.sum()) <= 1e-3 * ties.numel()
+    assert not (differ & ~ties).any()
+    kept = torch.where(cleaned[differ] == 0, reference[differ], cleaned[differ])
+    assert torch.equal(kept, scene.conf[differ])
+    assert torch.equal(torch.minimum(cleaned[differ], reference[differ]), torch.zeros(int(differ.sum())))
+
+
+def _rounding_ties(scene: Scene, ulps: float) -> torch.Tensor:
+    """(T, H, W) pixels whose point projects into another frame's image within ``ulps`` float32 rounding
+    units of a pixel coordinate ending in .5, where rounding to the nearest pixel is a coin toss."""
+    n_frames, height, width = scene.conf.shape
+    world2cam = invert_pose(scene.cam2world).double()
+    ties = torch.zeros(n_frames, height, width, dtype=torch.bool)
+    for i in range(n_frames):
+        for j in range(n_frames):
+            if i == j:
+                continue
+            cam = scene.pts3d[i].double() @ world2cam[j, :3, :3].T + world2cam[j, :3, 3]
+            proj = cam @ scene.intrinsics[j].double().T
+            uv = proj[..., :2] / proj[..., 2:]
+            inside = (cam[..., 2] > 0) & (uv[..., 0] > -1) & (uv[..., 0] < width) & (uv[..., 1] > -1)
+            inside &= uv[..., 1] < height
+            atol = ulps * torch.finfo(torch.float32).eps * uv.abs().clamp(min=1)
+            near_half = ((uv - uv.floor()) - 0.5).abs() < atol
+            ties[i] |= inside & near_half.any(dim=-1)
+    return ties
 
 
 def test_golden_mst_initialisation(golden_align):

@@ -234,8 +234,56 @@ def test_extends_cycle(tmp_path: Path) -> None:
 def test_extends_must_be_a_string(tmp_path: Path) -> None:
     path = write(tmp_path / "a.yaml", "extends: [easi3r_dust3r]\n")
     assert load_error(str(path)).endswith(
-        "'extends' must be a recipe name or a relative path, got ['easi3r_dust3r']"
+        "'extends' must be a recipe name or a relative path to a .yaml file, got ['easi3r_dust3r']"
     )
+
+
+@pytest.mark.parametrize("parent", ["/etc/passwd", "../../../etc/passwd", "~/recipe.yaml", "/tmp/base.yaml"])
+def test_extends_takes_names_and_relative_yaml_paths_only(tmp_path: Path, parent: str) -> None:
+    """A recipe may come from someone else: it must not make easi3r read (and quote) any file it likes."""
+    path = write(tmp_path / "a.yaml", f"extends: {parent}\n")
+    assert load_error(str(path)) == (
+        f"{path}: 'extends' must be a recipe name or a relative path to a .yaml file, got {parent}"
+    )
+
+
+def test_relative_extends_is_read_from_the_recipe_folder(tmp_path: Path) -> None:
+    write(tmp_path / "base" / "b.yaml", "extends: tiny\nrefine: {k: 7}\n")
+    path = write(tmp_path / "child" / "a.yaml", "extends: ../base/b.yaml\n")
+    assert load_recipe(str(path)).refine.k == 7
+
+
+def test_error_messages_never_replay_a_file(tmp_path: Path) -> None:
+    secret = "root_" + "secret-" * 100
+    path = write(tmp_path / "a.yaml", f"{secret}: 1\n")
+    with pytest.raises(RecipeError) as info:
+        validate_recipe(load_recipe(str(path)))
+    assert "root_secret-" in str(info.value)  # the key is named...
+    assert len(str(info.value)) < 300  # ...but cut short
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"refine:\n  k: '\xff'\n", "not UTF-8 text (byte 0xff at offset 14)"),
+        (b"refine:\n  k: ${oops\n", "key 'refine.k': no viable alternative at input '${oops'"),
+        (b"a: " + b"[" * 100_000 + b"\n", "brackets nested 100000 deep; a recipe nests at most 32"),
+        (b"a" * (1024**2 + 1), "1048577 bytes is too large for a recipe (at most 1 MiB)"),
+    ],
+    ids=["non-utf8", "interpolation", "nested", "large"],
+)
+def test_unreadable_recipe_files(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_bytes(content)
+    assert load_error(str(path)) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused(value: str) -> None:
+    with pytest.raises(
+        RecipeError, match=r"^recipe key 'align.lr' must be a finite number, got (nan|inf|-inf)$"
+    ):
+        validate_recipe(load_recipe("tiny", [f"align.lr={value}"]))
 
 
 def test_switching_strategy_in_a_child_drops_the_old_params(tmp_path: Path) -> None:

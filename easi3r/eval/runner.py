@@ -194,6 +194,7 @@ def evaluate(
     ``log`` receives one line per finished sequence. Problems with the arguments, the dataset root or an
     existing ``out_dir`` (without ``overwrite``) raise :class:`Easi3RError` before anything runs.
     """
+    from easi3r.devices import check_device
     from easi3r.recipes import load_recipe, validate_recipe
 
     reader = DATASETS.get(dataset)
@@ -211,6 +212,7 @@ def evaluate(
     # A bad recipe or override would fail every sequence the same way: report it once, up front.
     cfg = load_recipe(str(recipe), overrides)
     validate_recipe(cfg)
+    check_device(str(cfg.backbone.device))
     out = Path(out_dir)
 
     def check_out_dir() -> None:
