@@ -188,3 +188,16 @@ def weighted_procrustes(
         return scale, rot, trans
     rot, trans = roma.rigid_points_registration(src, dst, weights=weights)
     return torch.ones(src.shape[:-2], dtype=src.dtype, device=src.device), rot, trans
+
+
+def sim3_between_cameras(src: Tensor, dst: Tensor) -> Tensor:
+    """Similarity (4×4, scale in the 3×3 block) taking cameras ``src`` onto ``dst``, fitted on their centres
+    and on points a little ahead of them (so two cameras, or cameras on a line, still fix the rotation)."""
+
+    def anchors(poses: Tensor) -> Tensor:
+        centres = poses[:, :3, 3]
+        step = torch.pdist(centres.double()).median() / 100 if len(poses) > 1 else torch.tensor(0.01)
+        return torch.cat((centres, centres + float(step) * poses[:, :3, 2]))
+
+    s, rot, t = weighted_procrustes(anchors(src), anchors(dst))
+    return make_pose(rot, t, s)

@@ -27,6 +27,11 @@ from easi3r.errors import Easi3RError
 __all__ = ["check_output_dir", "claim_output_dir", "hold_lock", "staged_output_dir", "write_error"]
 
 
+# The reference demo keeps the points whose raw confidence (1 + exp(x)) exceeds 1.1 in its GLB; the
+# point-cloud exporters and the viewer show the same points.
+REFERENCE_GLB_MIN_CONF = 1.1
+
+
 def check_output_dir(out_dir: str | Path, *, overwrite: bool = False) -> None:
     """Refuse a target that is a file, or a non-empty folder without ``overwrite`` (before any work)."""
     out = Path(out_dir)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from easi3r.errors import Easi3RError
+from easi3r.outputs import REFERENCE_GLB_MIN_CONF
 
 __all__ = ["SCENE_FILE", "FramePoints", "ViewerData", "load_scene_for_viewing", "select_points", "serve"]
 
@@ -192,8 +193,6 @@ def serve(
     from easi3r.writers import overlay
 
     if min_conf is None:
-        from easi3r.strategies.scene_exporters import REFERENCE_GLB_MIN_CONF
-
         min_conf = REFERENCE_GLB_MIN_CONF
 
     t, h, w = data.conf.shape

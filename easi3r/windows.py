@@ -21,8 +21,7 @@ import torch
 from torch import Tensor
 
 from easi3r.errors import GeometryError
-from easi3r.geometry import Scene, make_pose, transform_points
-from easi3r.strategies.global_align import _sim3_between_cameras
+from easi3r.geometry import Scene, make_pose, sim3_between_cameras, transform_points
 from easi3r.types import DynamicMasks, Frames, PairOutputs
 
 __all__ = ["Chain", "WindowStore", "align_in_windows", "alignment_windows", "stitch", "window_inputs"]
@@ -161,7 +160,7 @@ class Chain:
                 "it; chaining needs at least 2"
             )
         else:
-            sim = _sim3_between_cameras(poses[shared], parts["cam2world"][start + shared])
+            sim = sim3_between_cameras(poses[shared], parts["cam2world"][start + shared])
         scale = torch.linalg.det(sim[:3, :3]).pow(1 / 3)
         rot = sim[:3, :3] / scale
         frames = start + new

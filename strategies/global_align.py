@@ -45,6 +45,7 @@ from easi3r.geometry import (
     rotmat_to_quat,
     signed_expm1,
     signed_log1p,
+    sim3_between_cameras,
     transform_points,
     weighted_procrustes,
 )
@@ -372,7 +373,7 @@ def init_mst(
     world_pts = torch.stack(world)
 
     if known_poses is not None:
-        trf = _sim3_between_cameras(cam2world, known_poses.to(pts1.dtype))
+        trf = sim3_between_cameras(cam2world, known_poses.to(pts1.dtype))
         world_pts = transform_points(trf[None].expand(n_frames, 4, 4), world_pts)
         cam2world = known_poses.to(pts1.dtype)
 
@@ -399,19 +400,6 @@ def _static_weights(conf: Tensor, static: Tensor) -> Tensor:
     weights = conf * static
     empty = weights.flatten(1).sum(1) == 0
     return torch.where(empty[:, None, None], conf, weights)
-
-
-def _sim3_between_cameras(src: Tensor, dst: Tensor) -> Tensor:
-    """Similarity (4×4, scale in the 3×3 block) taking cameras ``src`` onto ``dst``, fitted on their centres
-    and on points a little ahead of them (so two cameras, or cameras on a line, still fix the rotation)."""
-
-    def anchors(poses: Tensor) -> Tensor:
-        centres = poses[:, :3, 3]
-        step = torch.pdist(centres.double()).median() / 100 if len(poses) > 1 else torch.tensor(0.01)
-        return torch.cat((centres, centres + float(step) * poses[:, :3, 2]))
-
-    s, rot, t = weighted_procrustes(anchors(src), anchors(dst))
-    return make_pose(rot, t, s)
 
 
 # --- the optimiser -----------------------------------------------------------------------------------
@@ -978,7 +966,7 @@ def _read_intrinsics(path: str) -> Tensor:
 
 def _read_poses(path: str) -> Tensor:
     """(T, 4, 4) camera-to-world poses from a TUM trajectory file."""
-    from easi3r.eval.metrics import read_tum
+    from easi3r.trajectory_io import read_tum
 
     _, cam2world = read_tum(path)
     return torch.from_numpy(cam2world).float()

@@ -19,7 +19,8 @@ from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
 from easi3r import writers
-from easi3r.eval.metrics import write_tum
+from easi3r.outputs import REFERENCE_GLB_MIN_CONF
+from easi3r.trajectory_io import write_tum
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
     from easi3r.geometry import Scene
     from easi3r.pipeline import RunResult
 
-# the reference demo keeps points whose raw confidence (1 + exp(x)) exceeds 1.1 in its GLB
-REFERENCE_GLB_MIN_CONF = 1.1
 # deviation for long videos: the reference's GLB holds every point (300 frames of 256×144: 11 million)
 GLB_MAX_POINTS = 4_000_000
 
