@@ -20,27 +20,17 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from easi3r.attention import AttentionHook, CaptureStrategy, Reweighting, ReweightPolicy, stack_captured
-from easi3r.backbone import Progress
+from easi3r.attention import AttentionHook, BatchReweighting, Reweight, stack_captured
 from easi3r.backends.croco import Attention, CrossAttention, grid_positions
+from easi3r.contracts import CaptureStrategy, Progress
+from easi3r.devices import resolve_device
 from easi3r.types import Encoded, PairAttention, PairOutputs, PairPredictions
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → cuda if available, then mps, then cpu."""
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 class CroCoBackbone:
-    """Backbone interface (:class:`easi3r.backbone.Backbone`) over a CroCo-family network."""
+    """Backbone interface (:class:`easi3r.contracts.Backbone`) over a CroCo-family network."""
 
     def __init__(
         self,
@@ -100,29 +90,15 @@ class CroCoBackbone:
         pairs: Tensor,
         *,
         capture: CaptureStrategy | None = None,
-        reweight: ReweightPolicy | None = None,
-        token_masks: Tensor | None = None,
+        reweight: Reweight | None = None,
         heads: bool = True,
         progress: Progress | None = None,
-        reweight_decoders: tuple[int, ...] = (1,),
-        reweight_layers: tuple[int, ...] | None = None,
     ) -> PairOutputs:
-        if reweight is not None and token_masks is None:
-            raise ValueError("re-weighting needs token_masks")
         pairs = pairs.to(torch.long).cpu()
         maps1, maps2, preds = [], [], []
         for start in range(0, len(pairs), self.batch_size):
             batch = pairs[start : start + self.batch_size]
-            reweighting = None
-            if reweight is not None:
-                masks = token_masks.to(self.device)
-                reweighting = Reweighting(
-                    policy=reweight,
-                    view1_dynamic=masks[batch[:, 0]],
-                    view2_dynamic=masks[batch[:, 1]],
-                    decoders=reweight_decoders,
-                    layers=reweight_layers,
-                )
+            reweighting = None if reweight is None else reweight.for_pairs(batch, self.device)
             result = self._decode_batch(encoded, batch, capture, reweighting, heads)
             if capture is not None:
                 maps1.append(result["maps1"].float().cpu())
@@ -148,7 +124,7 @@ class CroCoBackbone:
         encoded: Encoded,
         batch: Tensor,
         capture: CaptureStrategy | None,
-        reweighting: Reweighting | None,
+        reweighting: BatchReweighting | None,
         heads: bool,
     ) -> dict[str, Tensor]:
         m = self.model

@@ -5,6 +5,7 @@ Imports nothing heavy at module import: the network is built only when a factory
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from easi3r.hookspecs import hookimpl
@@ -26,10 +27,11 @@ def build_backbone(
     preset, or (``checkpoint="random"``) seeded random weights of a preset's architecture."""
     import torch
 
-    from easi3r.backends.adapter import CroCoBackbone, resolve_device
+    from easi3r.backends.adapter import CroCoBackbone
     from easi3r.backends.checkpoint import build_model, load_model
     from easi3r.backends.croco import CroCoStereo
     from easi3r.backends.presets import PRESETS
+    from easi3r.devices import resolve_device
     from easi3r.errors import CheckpointError
 
     device = resolve_device(device)
@@ -65,3 +67,11 @@ def _monst3r(preset: str = "monst3r_vitl_512_dpt", **kwargs: Any) -> Any:
 @hookimpl
 def easi3r_backbones() -> dict[str, Any]:
     return {"dust3r": _dust3r, "monst3r": _monst3r}
+
+
+@hookimpl
+def easi3r_convert_checkpoint(src: Path, dst: Path) -> Path:
+    """Every checkpoint of the CroCo family (DUSt3R, MonST3R) converts the same way."""
+    from easi3r.backends.checkpoint import convert_to_hub_folder
+
+    return convert_to_hub_folder(src, dst)

@@ -60,14 +60,8 @@ from torch import Tensor
 
 from easi3r.eval import metrics
 from easi3r.pairs import make_pairs
-from easi3r.strategies.global_align import (
-    AlignConfig,
-    AlignState,
-    GlobalAligner,
-    _affine,
-    _PairResidual,
-    global_align,
-)
+from easi3r.strategies.global_align import AlignConfig, AlignState, GlobalAligner, global_align
+from easi3r.strategies.global_align.model import _affine, _PairResidual
 from easi3r.synthetic import SyntheticScene, make_scene, pair_predictions
 from easi3r.types import PairPredictions
 
@@ -216,7 +210,7 @@ def _forward_args(args: argparse.Namespace) -> list[str]:
 
 
 class _BufferedPairResidual(torch.autograd.Function):
-    """The aligner's fused residual (``strategies/global_align.py::_PairResidual``) keeping its residual
+    """The aligner's fused residual (``strategies/global_align/model.py::_PairResidual``) keeping its residual
     and distance tensors in ``buffers`` (a dict, one per view) from one step to the next, so that a step
     touches no fresh pages. A candidate, not used by the aligner: only one forward may be in flight per
     dict, and the buffers stay allocated between steps."""

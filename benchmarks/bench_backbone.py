@@ -8,7 +8,7 @@ Variants (same seeded random weights and inputs for all):
 * ``b_dec``  ``decode(capture=query_mean, heads=False)`` on the same cached encodings, same batch size;
 * ``b``      pass 1 as the pipeline runs it: encode every frame once, then ``b_dec``;
 * ``c``      pass 2 as the pipeline runs it (default recipe): ``decode(capture=query_mean,
-  reweight=zero_dynamic_keys, token_masks, heads=True)`` on the cached encodings, ~20 % dynamic tokens;
+  reweight=Reweight(zero_dynamic_keys, token_masks), heads=True)`` on the cached encodings, ~20 % dynamic tokens;
 * ``d1``/``d2`` a naive per-pair implementation shaped like the reference (reference-notes §1.2, §5.3,
   §10.13): both images re-encoded for every pair (batch of 2, explicit softmax attention whose logits
   are cloned like the reference's), every self- and cross-attention logit tensor of both decoders
@@ -56,7 +56,7 @@ import torch
 from common import machine, read_status  # benchmarks/ is on sys.path when a benchmark runs as a script
 from torch import Tensor
 
-from easi3r.attention import pixel_to_token_masks
+from easi3r.attention import Reweight, pixel_to_token_masks
 from easi3r.backends.adapter import CroCoBackbone
 from easi3r.backends.croco import Attention, CroCoStereo, CrossAttention, DecoderBlock
 from easi3r.backends.presets import PRESETS
@@ -241,8 +241,7 @@ class Setup:
                 self.encoded,
                 pairs,
                 capture=query_mean,
-                reweight=zero_dynamic_keys,
-                token_masks=self.token_masks,
+                reweight=Reweight(zero_dynamic_keys, self.token_masks),
                 heads=True,
             )
         if variant in ("d1", "d2"):

@@ -7,30 +7,40 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from easi3r.cache import PREDICTION_KEYS, RunCache, StoredPredictions, fingerprint
+from easi3r.cache import PREDICTION_KEYS, StoredPredictions
 from easi3r.devices import check_device
 from easi3r.distributed import Ranks
 from easi3r.errors import Easi3RError
 from easi3r.estimate import available_memory, estimate_run
+from easi3r.execution import Execution, open_streamed
 from easi3r.frames import load_frames
-from easi3r.outputs import claim_output_dir, hold_lock, staged_output_dir
-from easi3r.pairs import make_pairs
-from easi3r.pipeline import RunResult, Stages, Stream
+from easi3r.outputs import claim_output_dir, staged_output_dir
+from easi3r.pipeline import RunResult, Stages, pair_graph
 from easi3r.pipeline import run as run_pipeline
-from easi3r.plugins import get_plugin_manager
-from easi3r.recipes import load_recipe, resolved_recipe_yaml, validate_recipe
+from easi3r.plugins import get_plugin_manager, registry
+from easi3r.recipes import (
+    apply_overrides,
+    exporter_sections,
+    load_recipe,
+    resolved_recipe_yaml,
+    validate_recipe,
+)
 from easi3r.types import Frames, PairPredictions
 from easi3r.windows import alignment_windows
+
+if TYPE_CHECKING:
+    from easi3r.contracts import Exporter
 
 
 def run(
     source: str | Path | Sequence[str | Path],
-    recipe: str | Path = "easi3r_dust3r",
+    recipe: str | Path | DictConfig = "easi3r_dust3r",
     out_dir: str | Path | None = None,
     overrides: Sequence[str] = (),
     *,
@@ -44,17 +54,22 @@ def run(
     """Load frames from ``source`` (folder, file list or video), run the recipe and, if ``out_dir`` is
     given, write every output there (the folder appears only when the run succeeded).
 
+    ``recipe`` is a name, a YAML path or an already composed recipe; ``overrides`` apply to it either way.
     A second run into the same ``out_dir`` (or run cache) is refused while this one runs.
 
     Long videos: when the recipe streams (``scale.stream``), pair outputs go to the run cache
     ``cache_dir`` (default ``OUT.cache`` beside ``out_dir``, else a temporary folder), which is removed
-    once the outputs are written unless ``keep_cache``; ``resume`` continues the run a crash left in that cache. ``ranks``
-    (the processes of a ``torchrun`` job) share the pairs; rank 0 writes the outputs. ``log`` receives
-    the memory estimate line (default: standard error).
+    once the outputs are written unless ``keep_cache``; ``resume`` continues the run a crash left in that
+    cache. ``ranks`` (the processes of a ``torchrun`` job) share the pairs; rank 0 writes the outputs.
+    ``log`` receives the memory estimate line (default: standard error).
     """
     ranks = ranks or Ranks()
     log = log or (lambda line: print(f"easi3r: {line}", file=sys.stderr))
-    cfg = load_recipe(str(recipe), overrides)
+    if isinstance(recipe, DictConfig):
+        cfg = recipe.copy()
+        apply_overrides(cfg, overrides)
+    else:
+        cfg = load_recipe(str(recipe), overrides)
     validate_recipe(cfg)
     check_device(str(cfg.backbone.device))
     # what the run holds (the output folder's lock, the cache's lock, a throw-away cache) until it ends
@@ -70,41 +85,39 @@ def run(
             source, size=f.size, crop=f.crop, square_ok=f.square_ok, stride=f.stride, max_frames=f.max_frames
         )
         stages = Stages.from_recipe(cfg)
+        pairs = pair_graph(cfg, len(frames))
         cache_root = Path(cache_dir) if cache_dir is not None else None
         if cache_root is None and out_dir is not None:
             cache_root = Path(out_dir).parent / f"{Path(out_dir).name}.cache"
-        if not _plan(cfg, frames, stages, cache_root, resume, ranks, log):
-            result = run_pipeline(cfg, frames, stages)
-            if out_dir is not None:
-                _write(result, out_dir, overwrite)
-            return result
-
-        if cache_root is None:  # nothing to resume later without a named place: a throw-away cache
-            cache_root = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="easi3r-cache-")))
-        stream = _open_stream(
-            cfg,
-            frames,
-            stages,
-            cache_root,
-            resume=resume,
-            overwrite=overwrite,
-            ranks=ranks,
-            held=held,
-            log=log,
-        )
-        result = run_pipeline(cfg, frames, stages, stream=stream)
+        execution = Execution()
+        if _streams(cfg, frames, pairs, stages, cache_root, resume, ranks, log):
+            if cache_root is None:  # nothing to resume later without a named place: a throw-away cache
+                cache_root = Path(held.enter_context(tempfile.TemporaryDirectory(prefix="easi3r-cache-")))
+            execution = open_streamed(
+                cfg,
+                frames,
+                stages.backbone,
+                cache_root,
+                resume=resume,
+                overwrite=overwrite,
+                ranks=ranks,
+                held=held,
+                log=log,
+            )
+        result = run_pipeline(cfg, frames, stages, pairs=pairs, execution=execution)
         if ranks.is_main:
             if out_dir is not None:
                 _write(result, out_dir, overwrite)
-            if not keep_cache:
-                stream.cache.remove()
+            if execution.cache is not None and not keep_cache:
+                execution.cache.remove()
         ranks.barrier()  # no rank leaves while rank 0 still reads the cache the ranks share
     return result
 
 
-def _plan(
+def _streams(
     cfg: DictConfig,
     frames: Frames,
+    pairs: Tensor,
     stages: Stages,
     cache_root: Path | None,
     resume: bool,
@@ -112,9 +125,6 @@ def _plan(
     log: Callable[[str], None],
 ) -> bool:
     """Whether the run streams to the cache; prints the memory estimate first (rank 0)."""
-    pairs = make_pairs(
-        cfg.pairs.graph, len(frames), symmetrize=cfg.pairs.symmetrize, cap_window=cfg.pairs.cap_window
-    )
     window = cfg.scale.align_window
     windows = None
     if window is not None and len(frames) > window:
@@ -139,45 +149,6 @@ def _plan(
     return bool(stream)
 
 
-def _open_stream(
-    cfg: DictConfig,
-    frames: Frames,
-    stages: Stages,
-    root: Path,
-    *,
-    resume: bool,
-    overwrite: bool,
-    ranks: Ranks,
-    held: contextlib.ExitStack,
-    log: Callable[[str], None],
-) -> Stream:
-    """Rank 0 locks and opens (or, resuming, checks) the cache; the other ranks join it once that is done.
-
-    Only rank 0 holds the cache's lock (in ``held``): the ranks of one run share the cache, other runs
-    may not.
-    """
-    batch = int(getattr(stages.backbone, "batch_size", 1))
-    chunk_pairs = -(-cfg.scale.chunk_pairs // batch) * batch  # whole batches: the same as a plain run
-
-    def open_cache() -> None:
-        held.enter_context(hold_lock(root, "using this run cache"))
-        if overwrite and not resume:
-            RunCache.attach(root).remove()
-        RunCache(root, _fingerprint(cfg, frames), resume=resume, log=log)
-
-    ranks.check_on_main(open_cache)
-    return Stream(RunCache.attach(root), chunk_pairs, ranks)
-
-
-def _fingerprint(cfg: DictConfig, frames: Frames) -> str:
-    """What the cached numbers depend on: not the exporters, nor whether the run was told to stream."""
-    numbers = cfg.copy()
-    numbers.export.exporters = []
-    numbers.export.dilate = 0
-    numbers.scale.stream = True
-    return fingerprint(resolved_recipe_yaml(numbers), frames.images, cfg.backbone.checkpoint)
-
-
 def _write(result: RunResult, out_dir: str | Path, overwrite: bool) -> None:
     with staged_output_dir(out_dir, overwrite=overwrite) as staging:
         write_outputs(result, staging)
@@ -187,9 +158,9 @@ def _write(result: RunResult, out_dir: str | Path, overwrite: bool) -> None:
 def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
     """``run.yaml``, the pair predictions, the intermediates if asked, and every exporter's files."""
     from easi3r.intermediates import intermediates
-    from easi3r.plugins import registry
     from easi3r.writers import save_safetensors
 
+    exporters = create_exporters(result.recipe)  # before writing: a bad parameter leaves nothing half-done
     written = [out_dir / "run.yaml"]
     written[0].write_text(resolved_recipe_yaml(result.recipe))
     pred = result.final_pass.outputs.predictions
@@ -200,9 +171,24 @@ def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
         path = out_dir / "intermediates.safetensors"
         save_safetensors(path, tensors, metadata)
         written.append(path)
-    for name in result.recipe.export.exporters:
-        written.extend(registry("exporters").create({"name": name}, key="export.exporters")(result, out_dir))
+    for export in exporters:
+        written.extend(export(result, out_dir))
     return written
+
+
+def create_exporters(recipe: DictConfig) -> list[Exporter]:
+    """The exporters of ``export.exporters``, in order, built with their items' params.
+
+    ``export.dilate`` is the masks exporter's ``dilate`` unless its item sets one: the key predates
+    exporter params, and the built-in recipes and existing run.yaml files set it there.
+    """
+    export = OmegaConf.to_container(recipe.export, resolve=True)
+    exporters = []
+    for i, section in enumerate(exporter_sections(export)):
+        if section["name"] == "masks":
+            section.setdefault("dilate", export["dilate"])
+        exporters.append(registry("exporters").create(section, key=f"export.exporters[{i}]"))
+    return exporters
 
 
 def write_pair_predictions(

@@ -2,11 +2,14 @@
 
 A backbone calls, for every cross-attention layer of every decoder, one :class:`AttentionHook` with the
 already projected and RoPE-rotated queries and keys, the projected values and the softmax scale. The hook
-returns the attention output (before the output projection). Two kinds of strategy plug into the hook:
+returns the attention output (before the output projection). Two kinds of strategy plug into the hook
+(their protocols are in :mod:`easi3r.contracts`):
 
-* a :class:`CaptureStrategy` reduces (q, k, scale) of one layer to a map over the **key** tokens,
-  shape ``(B, heads, Nk)``; the backbone stacks layers and heads into channels ``c = layer * heads + head``;
-* a :class:`ReweightPolicy` computes the attention output from (q, k, v, query mask, key mask).
+* a :class:`~easi3r.contracts.CaptureStrategy` reduces (q, k, scale) of one layer to a map over the **key**
+  tokens, shape ``(B, heads, Nk)``; the backbone stacks layers and heads into channels
+  ``c = layer * heads + head``;
+* a :class:`~easi3r.contracts.ReweightPolicy` computes the attention output from (q, k, v, query mask, key
+  mask), in the decoders and layers a :class:`Reweight` names.
 
 Shapes: ``q (B, heads, Nq, d)``, ``k, v (B, heads, Nk, d)``, masks ``(B, Nq)`` / ``(B, Nk)`` bool with
 ``True`` = dynamic token.
@@ -15,31 +18,12 @@ Shapes: ``q (B, heads, Nq, d)``, ``k, v (B, heads, Nk, d)``, masks ``(B, Nq)`` /
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-
-@runtime_checkable
-class CaptureStrategy(Protocol):
-    """Reduces one cross-attention layer to a key-side map."""
-
-    def __call__(self, decoder: int, layer: int, q: Tensor, k: Tensor, scale: float) -> Tensor:
-        """Return ``(B, heads, Nk)``: a statistic of the pre-softmax logits for every key token."""
-        ...
-
-
-@runtime_checkable
-class ReweightPolicy(Protocol):
-    """Computes a cross-attention output in which dynamic tokens are re-weighted."""
-
-    def __call__(
-        self, q: Tensor, k: Tensor, v: Tensor, scale: float, query_dynamic: Tensor, key_dynamic: Tensor
-    ) -> Tensor:
-        """Return ``(B, heads, Nq, d)``, the attention output before the output projection."""
-        ...
+from easi3r.contracts import CaptureStrategy, ReweightPolicy
 
 
 def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -47,23 +31,39 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
 
-@dataclass
-class Reweighting:
-    """Which cross-attention layers a policy re-weights, and the per-pair token masks it uses.
+@dataclass(frozen=True)
+class Reweight:
+    """Pass 2's re-weighting as one value: the policy, every frame's dynamic tokens, and where it acts.
 
-    ``decoders`` holds 1 (view-1 branch, queries in view 1) and/or 2; ``layers`` ``None`` means all.
-    ``view1_dynamic``/``view2_dynamic`` are ``(B, N)`` bool token masks of the pairs in the batch.
-    For decoder 1 the queries are view-1 tokens and the keys view-2 tokens; decoder 2 swaps them.
+    ``token_masks`` is ``(T, N)`` bool, ``True`` = dynamic token of frame ``t``; ``decoders`` holds 1
+    (view-1 branch, queries in view 1) and/or 2; ``layers`` None means every layer.
     """
 
     policy: ReweightPolicy
-    view1_dynamic: Tensor
-    view2_dynamic: Tensor
+    token_masks: Tensor
     decoders: tuple[int, ...] = (1,)
     layers: tuple[int, ...] | None = None
 
+    def for_pairs(self, pairs: Tensor, device: torch.device | str) -> BatchReweighting:
+        """The re-weighting of one batch of ordered ``pairs (B, 2)``, its masks on ``device``."""
+        masks = self.token_masks.to(device)
+        return BatchReweighting(self, masks[pairs[:, 0]], masks[pairs[:, 1]])
+
+
+@dataclass
+class BatchReweighting:
+    """A :class:`Reweight` for one batch of pairs: ``view1_dynamic``/``view2_dynamic`` are ``(B, N)`` bool.
+
+    For decoder 1 the queries are view-1 tokens and the keys view-2 tokens; decoder 2 swaps them.
+    """
+
+    reweight: Reweight
+    view1_dynamic: Tensor
+    view2_dynamic: Tensor
+
     def applies(self, decoder: int, layer: int) -> bool:
-        return decoder in self.decoders and (self.layers is None or layer in self.layers)
+        layers = self.reweight.layers
+        return decoder in self.reweight.decoders and (layers is None or layer in layers)
 
     def masks(self, decoder: int) -> tuple[Tensor, Tensor]:
         """(query mask, key mask) for a decoder."""
@@ -83,7 +83,7 @@ class AttentionHook:
     decoder: int
     layer: int
     capture: CaptureStrategy | None = None
-    reweighting: Reweighting | None = None
+    reweighting: BatchReweighting | None = None
     captured: Tensor | None = field(default=None, repr=False)
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -91,7 +91,7 @@ class AttentionHook:
             self.captured = self.capture(self.decoder, self.layer, q, k, scale)
         if self.reweighting is not None and self.reweighting.applies(self.decoder, self.layer):
             query_dynamic, key_dynamic = self.reweighting.masks(self.decoder)
-            return self.reweighting.policy(q, k, v, scale, query_dynamic, key_dynamic)
+            return self.reweighting.reweight.policy(q, k, v, scale, query_dynamic, key_dynamic)
         return fused_attention(q, k, v, scale)
 
 

@@ -47,9 +47,9 @@ def _run(args: argparse.Namespace) -> int:
     with distributed.join(device) as ranks:  # torchrun: the ranks share the pairs of this one video
         result = run(
             sources[0] if len(sources) == 1 else sources,
-            args.recipe,
+            recipe,
             args.out,
-            [*overrides, *ranks.overrides()],
+            ranks.overrides(),
             overwrite=args.overwrite,
             resume=args.resume,
             cache_dir=args.cache,
@@ -167,9 +167,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from easi3r.backends.checkpoint import convert_to_hub_folder
+    from easi3r.plugins import get_plugin_manager
 
-    convert_to_hub_folder(args.src, args.dst)
+    written = get_plugin_manager().hook.easi3r_convert_checkpoint(src=Path(args.src), dst=Path(args.dst))
+    if written is None:
+        raise Easi3RError(f"{args.src}: no installed backbone plug-in converts this checkpoint")
     print(f"easi3r: wrote {args.dst}/config.json and {args.dst}/model.safetensors")
     return 0
 
@@ -303,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Easi3RError as exc:
-        print(f"easi3r: error: {exc}", file=sys.stderr)
+        print(
+            f"easi3r: error: {one_line(exc)}", file=sys.stderr
+        )  # a message quoting user text stays one line
         return exc.exit_code
     except KeyboardInterrupt:
         print("easi3r: interrupted", file=sys.stderr)

@@ -46,13 +46,13 @@ are loaded), parses ``rule.formula`` and then:
   is read (``0/0``, ``minmax(1)`` give no per-frame map); no part that reads no map is non-finite (``0/0``,
   ``log(0)``, ``1e39``, which is inf in float32, the maps' dtype); no division by a constant zero
   (``src_mean / 0``);
-* on sample maps (:func:`easi3r.strategies.aggregate.sample_frame_maps`: seeded random attention through
+* on sample maps (:func:`easi3r.maps.sample_frame_maps`: seeded random attention through
   the real aggregation, so names, shapes and ranges are those of real maps, e.g. fused maps hold an exact
   0): the result must be one finite value per frame token, ``(T, NH, NW)``. ``log(src_std)``,
   ``log(src_std - 0.5)``, ``exp(1e30 * src_mean)`` and a bare ``src_mean_raw`` are refused here.
 
 What depends on the video is checked on its own maps, right after the rule combines them and before
-refinement, thresholding or pass 2 (:meth:`Formula.check_result` in :func:`easi3r.pipeline.derive_masks`):
+refinement, thresholding or pass 2 (:meth:`Formula.check_result` in the ``formula`` rule itself):
 ``log(mean_channels(src_std_raw))`` is finite on the samples but ``-inf`` on a 2-frame video, whose frames
 have one pair per side, so a std of 0. A non-finite value is never legitimate there: the maps themselves are
 always finite (the reference's NaN std of a single pair is 0 here, ``maps.single_pair_std``), so NaN or
@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 
 from easi3r.errors import FormulaError
+from easi3r.normalize import frame_minmax, minmax
 
 __all__ = [
     "EASI3R_RULE",
@@ -103,25 +104,7 @@ MAX_DEPTH = 64
 """Deepest nesting accepted (parentheses, calls, exponents, chained operators): keeps the recursive parser
 and evaluator far from Python's recursion limit whatever the text."""
 
-# The min-max epsilon of the reference (method.md §3-4); written as a Python float so results are bitwise
-# those of the hard-coded formula.
-_EPS = 1e-6
-
-
 # ----------------------------------------------------------------------------------------------- functions
-def _minmax(x: Tensor) -> Tensor:
-    return (x - x.min()) / (x.max() - x.min() + _EPS)
-
-
-def _frame_minmax(x: Tensor) -> Tensor:
-    if x.ndim == 0:
-        raise ValueError("needs a map with a frame axis, got a single number")
-    # Reduce over everything but the frame axis, then restore singleton axes so the bounds broadcast.
-    flat = x.reshape(x.shape[0], -1)
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    lo = flat.amin(dim=1).reshape(shape)
-    hi = flat.amax(dim=1).reshape(shape)
-    return (x - lo) / (hi - lo + _EPS)
 
 
 def _mean_channels(x: Tensor) -> Tensor:
@@ -152,7 +135,7 @@ FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType(
         "exp": FunctionSpec(("x",), torch.exp, "e to the power x"),
         "frame_minmax": FunctionSpec(
             ("x",),
-            _frame_minmax,
+            frame_minmax,
             "min-max per frame over all axes but the first: (x - min_t) / (max_t - min_t + 1e-6)",
         ),
         "log": FunctionSpec(("x",), torch.log, "natural logarithm (log 0 = -inf)"),
@@ -164,7 +147,7 @@ FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType(
         ),
         "min": FunctionSpec(("a", "b"), torch.minimum, "element-wise minimum"),
         "minmax": FunctionSpec(
-            ("x",), _minmax, "min-max over the whole tensor: (x - min) / (max - min + 1e-6)"
+            ("x",), minmax, "min-max over the whole tensor: (x - min) / (max - min + 1e-6)"
         ),
         "pow": FunctionSpec(("a", "b"), torch.pow, "a to the power b, same as a ** b"),
         "sigmoid": FunctionSpec(("x",), torch.sigmoid, "logistic function 1 / (1 + exp(-x))"),

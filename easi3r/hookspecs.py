@@ -5,7 +5,8 @@ below. It is found through the entry-point group ``easi3r`` (``[project.entry-po
 ``pyproject.toml``); easi3r's own backbones and strategies are registered through that same group.
 
 Registry hooks (``easi3r_<kind>``) return ``{name: factory}``. A recipe section ``{name: X, **params}``
-of that kind calls ``factory(**params)``; what the factory returns is described per hook. Names must be
+of that kind calls ``factory(**params)``; what the factory returns is the kind's protocol in
+:mod:`easi3r.contracts`. Names must be
 unique across all installed plug-ins. Registry hooks are called lazily, on first use, and a plug-in
 module must not do heavy work (no torch computation, no file reading) at import time.
 """
@@ -27,45 +28,45 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def easi3r_backbones() -> dict[str, Any]:
-    """Backbones. ``factory(**backbone_section) -> easi3r.backbone.Backbone``."""
+    """Backbones. ``factory(**backbone_section) ->`` :class:`easi3r.contracts.Backbone`."""
 
 
 @hookspec
 def easi3r_capture_strategies() -> dict[str, Any]:
-    """Attention capture. ``factory(**params) -> easi3r.attention.CaptureStrategy``."""
+    """Attention capture. ``factory(**params) ->`` :class:`easi3r.contracts.CaptureStrategy`."""
 
 
 @hookspec
 def easi3r_mask_rules() -> dict[str, Any]:
-    """Mask rules. ``factory(**params) -> rule``; ``rule(maps: FrameMaps) -> Tensor (T, NH, NW)``."""
+    """Mask rules. ``factory(**params) ->`` :class:`easi3r.contracts.MaskRule`."""
 
 
 @hookspec
 def easi3r_refiners() -> dict[str, Any]:
-    """Map refiners. ``factory(**params) -> refine``;
-    ``refine(dynamic_map (T,NH,NW), features (T,NH,NW,D)) -> (refined (T,NH,NW), extras: dict)``."""
+    """Map refiners. ``factory(**params) ->`` :class:`easi3r.contracts.Refiner`."""
 
 
 @hookspec
 def easi3r_thresholds() -> dict[str, Any]:
-    """Thresholds. ``factory(**params) -> threshold``; ``threshold(values (T,H,W)) -> float``;
-    the mask is ``values > threshold``."""
+    """Thresholds. ``factory(**params) ->`` :class:`easi3r.contracts.Threshold`."""
 
 
 @hookspec
 def easi3r_reweight_policies() -> dict[str, Any]:
-    """Re-weighting policies. ``factory(**params) -> easi3r.attention.ReweightPolicy``."""
+    """Re-weighting policies. ``factory(**params) ->`` :class:`easi3r.contracts.ReweightPolicy`."""
 
 
 @hookspec
 def easi3r_aligners() -> dict[str, Any]:
-    """Aligners. ``factory(**params) -> align``;
-    ``align(frames, pair_outputs, masks, progress) -> Scene | None``."""
+    """Aligners. ``factory(**params) ->`` :class:`easi3r.contracts.Aligner`."""
 
 
 @hookspec
 def easi3r_exporters() -> dict[str, Any]:
-    """Exporters. ``factory(**params) -> export``; ``export(result: RunResult, out_dir: Path) -> list[Path]``."""
+    """Exporters. ``factory(**params) ->`` :class:`easi3r.contracts.Exporter`.
+
+    An ``export.exporters`` item is a name or ``{name: X, **params}``; the params are validated by the
+    schema fragment ``"export/<name>"``, like a strategy section's."""
 
 
 # --- resources a plug-in package may ship ----------------------------------------------------------
@@ -80,6 +81,12 @@ def easi3r_recipe_dirs() -> list[Path]:
 def easi3r_schema_fragments() -> dict[str, dict]:
     """JSON-Schema fragments for the parameters of this plug-in's strategies, keyed ``"<section>/<name>"``
     (e.g. ``"refine/kmeans"``). The fragment validates the section without its ``name`` key."""
+
+
+@hookspec(firstresult=True)
+def easi3r_convert_checkpoint(src: Path, dst: Path) -> Path | None:
+    """Write the checkpoint ``src`` as a hub folder ``dst`` (``config.json`` + ``model.safetensors``) for
+    ``easi3r convert``; return None for a file this plug-in's backbones do not read. First non-None wins."""
 
 
 # --- lifecycle -------------------------------------------------------------------------------------

@@ -63,31 +63,41 @@ def make_pairs(graph: str, n_frames: int, *, symmetrize: bool = True, cap_window
     if match["complete"]:
         pairs = [(i, j) for i in range(n_frames) for j in range(i + 1, n_frames)]
     elif match["window"]:
-        kind, window = match["window"], int(match["size"])
-        if window < 1:
-            raise Easi3RError(f"pair graph {graph!r}: window size must be >= 1")
-        if cap_window:
-            window = min(window, max(1, math.ceil((n_frames - 1) / 2)))
-        if kind == "logwin":
-            offsets = [2**k for k in range(window)]
-        else:
-            step = _WINDOW_STRIDES[kind]
-            offsets = list(range(1, step * window + 1, step))
-        pairs = _window_pairs(offsets, n_frames, cyclic=match["cyc"] == "cyclic")
-        exempt_from_symmetry = kind == "swin" and window == 1
+        pairs, exempt_from_symmetry = _sliding_window_graph(graph, match, n_frames, cap_window)
     else:
-        ref = int(match["ref"])
-        if ref >= n_frames:
-            raise Easi3RError(
-                f"pair graph {graph!r}: reference frame {ref} is out of range for {n_frames} frames"
-            )
-        # Directed pairs with the reference as view 1, as in the reference code (not turned into (min, max)).
-        pairs = [(ref, j) for j in range(n_frames) if j != ref]
-        exempt_from_symmetry = True
+        pairs, exempt_from_symmetry = _one_reference_graph(graph, int(match["ref"]), n_frames), True
 
     if symmetrize and (not exempt_from_symmetry or n_frames == 2):
         pairs = pairs + [(j, i) for i, j in pairs]
     return torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
+
+
+def _sliding_window_graph(
+    graph: str, match: re.Match[str], n_frames: int, cap_window: bool
+) -> tuple[list[tuple[int, int]], bool]:
+    """The pairs of a ``swin*`` or ``logwin`` graph, and whether symmetrisation skips them (``swin-1``)."""
+    kind, window = match["window"], int(match["size"])
+    if window < 1:
+        raise Easi3RError(f"pair graph {graph!r}: window size must be >= 1")
+    if cap_window:
+        window = min(window, max(1, math.ceil((n_frames - 1) / 2)))
+    if kind == "logwin":
+        offsets = [2**k for k in range(window)]
+    else:
+        step = _WINDOW_STRIDES[kind]
+        offsets = list(range(1, step * window + 1, step))
+    pairs = _window_pairs(offsets, n_frames, cyclic=match["cyc"] == "cyclic")
+    return pairs, kind == "swin" and window == 1
+
+
+def _one_reference_graph(graph: str, ref: int, n_frames: int) -> list[tuple[int, int]]:
+    """The pairs of a ``oneref-R`` graph."""
+    if ref >= n_frames:
+        raise Easi3RError(
+            f"pair graph {graph!r}: reference frame {ref} is out of range for {n_frames} frames"
+        )
+    # Directed pairs with the reference as view 1, as in the reference code (not turned into (min, max)).
+    return [(ref, j) for j in range(n_frames) if j != ref]
 
 
 def _window_pairs(offsets: list[int], n_frames: int, *, cyclic: bool) -> list[tuple[int, int]]:

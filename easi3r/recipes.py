@@ -12,10 +12,12 @@ schema (``configs/schema.json``) types inside a strategy section:
 
 * ``backbone``: ``checkpoint``, ``device``, ``precision``, ``batch_size`` — typed by the core, passed on to
   the backbone factory with the rest of the section (the hookspec hands it the whole section);
-* ``reweight``: ``decoders``, ``layers`` — read by the core (:class:`easi3r.attention.Reweighting`) and
+* ``reweight``: ``decoders``, ``layers`` — read by the core (:class:`easi3r.attention.Reweight`) and
   stripped before the policy factory is called (:data:`CONSUMED_KEYS`).
 
 All other sections (``frames``, ``pairs``, ``maps``, ``passes``, ``export``, ``seed``) belong to the core.
+Each ``export.exporters`` item is an exporter's name or a section ``{name: X, **params}`` of its own,
+validated like a strategy section by the fragment ``"export/<name>"`` (:func:`exporter_sections`).
 
 Validation (:func:`validate_recipe`): the core schema checks the structure; each chosen name must be
 registered; then the section's params (without ``name`` and core keys) are validated by the fragment
@@ -105,7 +107,7 @@ def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
     a key must exist in the recipe, or be a parameter the section's strategy declares in its fragment.
     """
     cfg = _load_chain(_locate(name_or_path, Path.cwd()), ())
-    _apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)
     return cfg
 
 
@@ -248,20 +250,23 @@ def _is_strategy_name(key: str) -> bool:
     return section in SECTION_KINDS and rest == "name"
 
 
-def _apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Apply ``key=value`` overrides to a composed recipe in place (as :func:`load_recipe` does)."""
     parsed = [_parse_override(text) for text in overrides]
     # Strategy switches first: they reset their section, and the new strategy's parameters given on the
     # same command line must land on the fresh section whatever their order.
     for override in sorted(parsed, key=lambda o: not _is_strategy_name(o.key)):
-        _check_override_key(cfg, override)
-        if _is_strategy_name(override.key):
-            section = override.key.partition(".")[0]
-            if cfg[section].get("name") != override.value:
-                cfg[section] = OmegaConf.masked_copy(cfg[section], list(core_keys(section)))
         try:
+            _check_override_key(cfg, override)
+            if _is_strategy_name(override.key):
+                section = override.key.partition(".")[0]
+                if cfg[section].get("name") != override.value:
+                    cfg[section] = OmegaConf.masked_copy(cfg[section], list(core_keys(section)))
             OmegaConf.update(cfg, override.key, override.value, merge=False)
-        except OmegaConfBaseException as exc:
-            raise RecipeError(f"cannot apply override '{override.text}': {_first_line(exc)}") from exc
+        except OmegaConfBaseException as exc:  # e.g. a strategy name that interpolates nothing: ${0}
+            raise RecipeError(
+                f"cannot apply override '{_short(override.text)}': {_first_line(exc)}"
+            ) from None
 
 
 def _check_override_key(cfg: DictConfig, override: _Override) -> None:
@@ -279,7 +284,8 @@ def _check_override_key(cfg: DictConfig, override: _Override) -> None:
             name = cfg[strategy_section].get("name")
             candidates += [f"{strategy_section}.{p}" for p in _fragment_params(strategy_section, name)]
     raise RecipeError(
-        f"unknown key '{override.key}' in override '{override.text}'{_closest_key(override.key, candidates)}"
+        f"unknown key '{_short(override.key)}' in override '{_short(override.text)}'"
+        f"{_closest_key(override.key, candidates)}"
     )
 
 
@@ -326,11 +332,10 @@ def validate_recipe(cfg: DictConfig, *, check_names: bool = True) -> None:
     if check_names:
         for section, kind in SECTION_KINDS.items():
             _check_name(kind, data[section]["name"], f"{section}.name")
-        for i, name in enumerate(data["export"]["exporters"]):
-            _check_name("exporters", name, f"export.exporters[{i}]")
     fragments = schema_fragments()
     for section in SECTION_KINDS:
         _check_params(section, data[section], fragments, check_names)
+    _check_exporters(data["export"], fragments, check_names)
     _check_rule_formula(data)
 
 
@@ -341,11 +346,34 @@ def _check_rule_formula(data: dict[str, Any]) -> None:
     if rule["name"] != "formula":  # another rule is a plug-in's code: its fragment checked its params
         return
     from easi3r.formula import EASI3R_RULE, check_rule
-    from easi3r.strategies.aggregate import sample_frame_maps
+    from easi3r.maps import sample_frame_maps
 
     maps = data["maps"]
     sample = sample_frame_maps(corner_fix=maps["corner_fix"], single_pair_std=maps["single_pair_std"]).maps
     check_rule(rule.get("formula", EASI3R_RULE), sample, sample["src_mean"].shape)
+
+
+def _check_exporters(export: dict[str, Any], fragments: dict[str, dict], check_names: bool) -> None:
+    """Each ``export.exporters`` item names a registered exporter, listed once (two would write the same
+    files), and passes only the params its fragment ``export/<name>`` allows, as a strategy section does."""
+    listed: set[str] = set()
+    for i, params in enumerate(exporter_sections(export)):
+        key, name = f"export.exporters[{i}]", params.pop("name")
+        if check_names:
+            _check_name("exporters", name, key)
+        if name in listed:
+            raise RecipeError(f"recipe key '{key}': exporter '{name}' is listed twice; list it once")
+        listed.add(name)
+        fragment = fragments.get(f"export/{name}")
+        if fragment is None:
+            if params and check_names:
+                raise RecipeError(
+                    f"recipe key '{key}.{sorted(params)[0]}' is not allowed: exporter '{name}' takes no "
+                    f"parameters (no schema fragment 'export/{name}' is installed)"
+                )
+            continue
+        closed = jsonschema.Draft202012Validator({"additionalProperties": False, **fragment})
+        _raise_first(closed.iter_errors(params), prefix=("export", f"exporters[{i}]"))
 
 
 def _resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -412,19 +440,31 @@ _BOUNDS = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusive
 
 def _describe(error: jsonschema.ValidationError, prefix: tuple[str, ...], also_allowed: Sequence[str]) -> str:
     path = [*prefix, *error.absolute_path]
-    rule, value, schema = error.validator_value, error.instance, error.schema
     if error.validator == "additionalProperties":
-        allowed = [*schema.get("properties", {}), *also_allowed]
-        extras = sorted(k for k in value if k not in allowed)
-        if not extras:  # the fragment uses patternProperties: its own message says more than we can
-            return f"recipe key '{_key_path(path)}' is invalid: {one_line(error.message)}"
-        extra = _key_path([*path, extras[0]])
-        hint = did_you_mean(extras[0], allowed, prefix=f"{_key_path(path)}." if path else "")
-        return f"recipe key '{extra}' is not allowed{hint or '; allowed: ' + (', '.join(allowed) or 'none')}"
+        return _describe_extra_key(error, path, also_allowed)
     if error.validator == "required":
-        missing = _key_path([*path, next(k for k in rule if k not in value)])
+        missing = _key_path([*path, next(k for k in error.validator_value if k not in error.instance)])
         fix = "add it" if path else "add it, or start the recipe with 'extends: easi3r_dust3r'"
         return f"recipe key '{missing}' is required but missing; {fix}"
+    return _describe_value(error, path)
+
+
+def _describe_extra_key(
+    error: jsonschema.ValidationError, path: list[str | int], also_allowed: Sequence[str]
+) -> str:
+    """A key the schema does not allow: the first such key, with a did-you-mean hint or the allowed keys."""
+    allowed = [*error.schema.get("properties", {}), *also_allowed]
+    extras = sorted(k for k in error.instance if k not in allowed)
+    if not extras:  # the fragment uses patternProperties: its own message says more than we can
+        return f"recipe key '{_key_path(path)}' is invalid: {one_line(error.message)}"
+    extra = _key_path([*path, extras[0]])
+    hint = did_you_mean(extras[0], allowed, prefix=f"{_key_path(path)}." if path else "")
+    return f"recipe key '{extra}' is not allowed{hint or '; allowed: ' + (', '.join(allowed) or 'none')}"
+
+
+def _describe_value(error: jsonschema.ValidationError, path: list[str | int]) -> str:
+    """A wrong value: its type, choice, bound or pattern, as the rule it breaks asks for it."""
+    rule, value, schema = error.validator_value, error.instance, error.schema
     subject = f"recipe key '{_key_path(path)}'" if path else "the recipe"
     got = f", got {_show(value)}"
     if error.validator == "type":
@@ -474,6 +514,12 @@ def create_strategy(cfg: DictConfig, section: str) -> Any:
     return registry(SECTION_KINDS[section]).create(params, key=section)
 
 
+def exporter_sections(export: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items of a resolved ``export`` section's ``exporters`` as ``{name: X, **params}`` sections: an
+    item is an exporter's name (its default params) or such a mapping."""
+    return [{"name": item} if isinstance(item, str) else dict(item) for item in export["exporters"]]
+
+
 def resolved_recipe_yaml(cfg: DictConfig) -> str:
     """The recipe with interpolations resolved, plus a ``plugins:`` block naming the plug-in,
     distribution and version behind every chosen strategy (written as ``run.yaml``)."""
@@ -482,7 +528,7 @@ def resolved_recipe_yaml(cfg: DictConfig) -> str:
     plugins: dict[str, Any] = {
         section: _origin(kind, data[section]["name"]) for section, kind in SECTION_KINDS.items()
     }
-    plugins["exporters"] = [_origin("exporters", name) for name in data["export"]["exporters"]]
+    plugins["exporters"] = [_origin("exporters", item["name"]) for item in exporter_sections(data["export"])]
     return OmegaConf.to_yaml({**data, "plugins": plugins})
 
 

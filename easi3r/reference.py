@@ -17,6 +17,12 @@ _BOUNDS = {"minimum": "≥", "exclusiveMinimum": ">", "maximum": "≤", "exclusi
 
 
 def _type(spec: dict[str, Any]) -> str:
+    if "$ref" in spec:  # the core schema's "#/$defs/<name>"
+        return _type(core_schema()["$defs"][spec["$ref"].rsplit("/", 1)[1]])
+    if "anyOf" in spec:
+        return " \\| ".join(_type(option) for option in spec["anyOf"])
+    if "const" in spec:
+        return f"`{json.dumps(spec['const'])}`"
     if "enum" in spec:
         return " \\| ".join(f"`{json.dumps(v)}`" for v in spec["enum"])
     kind = spec.get("type", "any")
@@ -75,19 +81,33 @@ def reference_markdown() -> str:
         lines += _rows(spec.get("properties", {}), defaults.get(section, {}), f"{section}.")
         lines.append("")
     lines += ["## Strategies and their parameters", ""]
-    fragments = schema_fragments()
     for section, kind in SECTION_KINDS.items():
         names = registry(kind).names()
         lines += [f"### `{section}.name`: {', '.join(f'`{n}`' for n in names)}", ""]
-        for name in names:
-            fragment = fragments.get(f"{section}/{name}", {})
-            _, dist, _ = registry(kind).provider(name)
-            description = fragment.get("description", "")
-            lines.append(f"- **`{name}`** (from `{dist}`){': ' + description if description else ''}")
-            for key, spec in fragment.get("properties", {}).items():
-                meaning = spec.get("description", "")
-                lines.append(f"  - `{section}.{key}`: {_type(spec)}{' — ' + meaning if meaning else ''}")
+        lines += _registered(kind, section, key_prefix=f"{section}.")
         lines.append("")
     exporters = registry("exporters").names()
-    lines += [f"### `export.exporters`: {', '.join(f'`{n}`' for n in exporters)}", ""]
+    lines += [
+        f"### `export.exporters`: {', '.join(f'`{n}`' for n in exporters)}",
+        "",
+        "Each item is a name (default parameters) or `{name: <exporter>, <parameter>: <value>, …}`:",
+        "",
+        *_registered("exporters", "export", key_prefix=""),
+    ]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _registered(kind: str, section: str, key_prefix: str) -> list[str]:
+    """One item per registered name of ``kind``, with the parameters of its fragment ``<section>/<name>``."""
+    fragments = schema_fragments()
+    lines = []
+    for name in registry(kind).names():
+        fragment = fragments.get(f"{section}/{name}", {})
+        _, dist, _ = registry(kind).provider(name)
+        description = fragment.get("description", "")
+        lines.append(f"- **`{name}`** (from `{dist}`){': ' + description if description else ''}")
+        for key, spec in fragment.get("properties", {}).items():
+            default = f", default {_default(spec['default'])}" if "default" in spec else ""
+            meaning = f" — {spec['description']}" if spec.get("description") else ""
+            lines.append(f"  - `{key_prefix}{key}`: {_type(spec)}{default}{meaning}")
+    return lines

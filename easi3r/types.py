@@ -11,16 +11,13 @@ are ``(T, H, W)`` bool with ``True`` = dynamic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from easi3r.geometry import Scene
-
-if TYPE_CHECKING:
-    from easi3r.cache import StoredPredictions
 
 __all__ = [
     "DynamicMasks",
@@ -30,6 +27,7 @@ __all__ = [
     "PairAttention",
     "PairOutputs",
     "PairPredictions",
+    "PredictionStore",
     "Scene",
 ]
 
@@ -126,14 +124,23 @@ class PairPredictions:
         )
 
 
+class PredictionStore(Protocol):
+    """Pair predictions kept elsewhere (on disk: :class:`easi3r.cache.StoredPredictions`), read by pair."""
+
+    def __len__(self) -> int: ...
+
+    def select(self, indices: Tensor) -> PairPredictions:
+        """The predictions of the pairs ``indices``, in memory."""
+        ...
+
+
 @dataclass
 class PairOutputs:
     """What one decoding pass over a pair list produced."""
 
     pairs: Tensor  # (P, 2) int64
     attention: PairAttention | None = None
-    # in memory, or a disk-backed :class:`easi3r.cache.StoredPredictions` with the same ``select``/``len``
-    predictions: PairPredictions | StoredPredictions | None = None
+    predictions: PairPredictions | PredictionStore | None = None  # in memory, or read by pair from disk
 
 
 @dataclass

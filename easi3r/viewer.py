@@ -58,33 +58,15 @@ def load_scene_for_viewing(out_dir: str | Path) -> ViewerData:
     Raises :class:`Easi3RError` with one line when the folder has no scene or the file is incomplete, so
     the CLI can say what to do instead of showing a traceback.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(out_dir) / SCENE_FILE
     if not path.is_file():
         raise Easi3RError(
             f"{out_dir} has no {SCENE_FILE.as_posix()}: run with an aligner, e.g. align.name=global"
         )
-    try:
-        with safe_open(str(path), framework="np") as f:
-            arrays = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise Easi3RError(f"{path} cannot be read: {exc}") from exc
-
-    missing = [key for key in ("cam2world", "intrinsics", "pts3d", "conf") if key not in arrays]
-    if missing:
-        raise Easi3RError(f"{path} is incomplete: no {', '.join(missing)}")
+    arrays, metadata = _read_scene_file(path)
+    _check_scene_shapes(path, arrays)
     pts3d = arrays["pts3d"]
-    if pts3d.ndim != 4 or pts3d.shape[-1] != 3 or pts3d.shape[0] == 0:
-        raise Easi3RError(f"{path}: pts3d must be (T, H, W, 3) with T >= 1, got {pts3d.shape}")
     t, h, w = pts3d.shape[:3]
-    expected = {"cam2world": (t, 4, 4), "intrinsics": (t, 3, 3), "conf": (t, h, w)}
-    expected |= {key: shape for key, shape in (("masks", (t, h, w)), ("rgb", (t, h, w, 3))) if key in arrays}
-    for key, shape in expected.items():
-        if arrays[key].shape != shape:
-            raise Easi3RError(f"{path}: {key} must be {shape} to match pts3d, got {arrays[key].shape}")
-
     conf = arrays["conf"].astype(np.float32)
     # --min-conf is in the unit of the network's raw confidence; a file that stores its log says so
     if metadata.get("conf_is_log", "false").lower() == "true":
@@ -105,6 +87,35 @@ def load_scene_for_viewing(out_dir: str | Path) -> ViewerData:
         masks=np.zeros((t, h, w), bool) if masks is None else masks.astype(bool),
         rgb=rgb,
     )
+
+
+def _read_scene_file(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """All arrays and the metadata of a scene file; one line when it cannot be read."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            arrays = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is no dict)
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise Easi3RError(f"{path} cannot be read: {exc}") from exc
+    return arrays, metadata
+
+
+def _check_scene_shapes(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The required arrays are there, and every array's shape matches pts3d's (T, H, W, 3)."""
+    missing = [key for key in ("cam2world", "intrinsics", "pts3d", "conf") if key not in arrays]
+    if missing:
+        raise Easi3RError(f"{path} is incomplete: no {', '.join(missing)}")
+    pts3d = arrays["pts3d"]
+    if pts3d.ndim != 4 or pts3d.shape[-1] != 3 or pts3d.shape[0] == 0:
+        raise Easi3RError(f"{path}: pts3d must be (T, H, W, 3) with T >= 1, got {pts3d.shape}")
+    t, h, w = pts3d.shape[:3]
+    expected = {"cam2world": (t, 4, 4), "intrinsics": (t, 3, 3), "conf": (t, h, w)}
+    expected |= {key: shape for key, shape in (("masks", (t, h, w)), ("rgb", (t, h, w, 3))) if key in arrays}
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            raise Easi3RError(f"{path}: {key} must be {shape} to match pts3d, got {arrays[key].shape}")
 
 
 def tint(colors: np.ndarray) -> np.ndarray:

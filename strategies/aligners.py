@@ -1,5 +1,5 @@
 """Aligners that need no optimisation. ``none`` keeps the pair predictions as they are (masks and pair
-outputs are still written); the global and pairwise aligners live in ``global_align.py``."""
+outputs are still written); the global and pairwise aligners live in ``global_align/``."""
 
 from __future__ import annotations
 

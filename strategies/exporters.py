@@ -1,22 +1,24 @@
-"""Exporters: write the final masks, the maps they came from, and overlays (file layout: docs/outputs.md).
+"""Exporters: the preamble every built-in exporter shares, and the exporters of the final masks, the maps
+they came from and overlays (file layout: docs/outputs.md).
 
 Contract (``easi3r_exporters``): ``factory(**params) -> export``; ``export(result, out_dir) -> list[Path]``
-returns every file written. All three read the final masks (``result.masks``, the pass the recipe names)
-and write nothing when a run produced none (the single-pass baseline). Frame ``t`` is the position in
-``result.frames.paths``.
+returns every file written. The params come from the recipe's ``export.exporters`` item and are checked
+by the fragment ``export/<name>`` (``configs/strategies.schema.json``). The exporters here read the final
+masks (``result.masks``, the pass the recipe names) and write nothing when a run produced none (the
+single-pass baseline). Frame ``t`` is the position in ``result.frames.paths``.
 """
 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from easi3r import writers
-from easi3r.strategies.aggregate import STAT_NAMES
+from easi3r.maps import STAT_NAMES
 
 if TYPE_CHECKING:
     from easi3r.pipeline import RunResult
@@ -25,69 +27,94 @@ if TYPE_CHECKING:
 # the reference writes its "enlarged" masks with a 3×3 dilation
 REFERENCE_DILATE = 3
 
+InputT = TypeVar("InputT")
+
+
+class ExporterBase(ABC, Generic[InputT]):
+    """What every built-in exporter does before writing: take its input from the run (:meth:`input`),
+    write nothing when the run has none, and create its folder under ``out_dir``."""
+
+    folder: ClassVar[str] = ""  # relative to out_dir; "" is out_dir itself
+
+    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
+        data = self.input(result)
+        if data is None:
+            return []
+        folder = Path(out_dir) / self.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        return self.write(result, data, folder)
+
+    @staticmethod
+    @abstractmethod
+    def input(result: RunResult) -> InputT | None:
+        """What the exporter writes from, checked against the run's frames; None when the run has none."""
+
+    @abstractmethod
+    def write(self, result: RunResult, data: InputT, folder: Path) -> list[Path]:
+        """Write the files into ``folder`` and return them."""
+
+
+class FinalMasksExporter(ExporterBase["DynamicMasks"]):
+    """An exporter of the final masks."""
+
+    @staticmethod
+    def input(result: RunResult) -> DynamicMasks | None:
+        masks = result.masks
+        if masks is not None and masks.masks.shape[0] != len(result.frames):
+            raise ValueError(f"{masks.masks.shape[0]} masks for {len(result.frames)} frames")
+        return masks
+
 
 def _binary_png(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) * 255
 
 
-def _check_frames(result: RunResult, masks: DynamicMasks) -> None:
-    if masks.masks.shape[0] != len(result.frames):
-        raise ValueError(f"{masks.masks.shape[0]} masks for {len(result.frames)} frames")
-
-
-class MaskExporter:
+class MaskExporter(FinalMasksExporter):
     """``masks/dynamic_mask_{t:04d}.png`` and ``masks/enlarged_dynamic_mask_{t:04d}.png`` (uint8 0/255).
 
-    ``dilate``: the square kernel of the enlarged masks; ``None`` takes ``export.dilate`` from the recipe
-    (reference: 3).
+    ``dilate``: the square kernel of the enlarged masks (0 or 1: an undilated copy). A recipe that does not
+    set it passes ``export.dilate`` (:func:`easi3r.api.create_exporters`).
     """
 
-    def __init__(self, dilate: int | None = None) -> None:
+    folder = "masks"
+
+    def __init__(self, dilate: int = REFERENCE_DILATE) -> None:
+        if dilate < 0:
+            raise ValueError(f"dilate must be >= 0, got {dilate}")
         self.dilate = dilate
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        masks = result.masks
-        if masks is None:
-            return []
-        _check_frames(result, masks)
-        kernel = self.dilate
-        if kernel is None:
-            kernel = OmegaConf.select(result.recipe, "export.dilate", default=REFERENCE_DILATE)
-        folder = Path(out_dir) / "masks"
+    def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
         written = []
         for t, mask in enumerate(masks.masks.detach().cpu().numpy()):
             written.append(writers.write_png(folder / f"dynamic_mask_{t:04d}.png", _binary_png(mask)))
-            enlarged = writers.dilate(mask, kernel)
+            enlarged = writers.dilate(mask, self.dilate)
             written.append(
                 writers.write_png(folder / f"enlarged_dynamic_mask_{t:04d}.png", _binary_png(enlarged))
             )
         return written
 
 
-class MapExporter:
+class MapExporter(FinalMasksExporter):
     """Colour-mapped maps per frame, their raw values in one safetensors file, and ``overview.png``.
 
     ``overview_columns``: at most this many evenly spaced frames appear in the overview.
     """
 
     def __init__(self, overview_columns: int = 8) -> None:
+        if overview_columns < 1:
+            raise ValueError(f"overview_columns must be >= 1, got {overview_columns}")
         self.overview_columns = overview_columns
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        masks = result.masks
-        if masks is None:
-            return []
-        _check_frames(result, masks)
-        out_dir = Path(out_dir)
+    def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
         size = result.frames.size
         token_maps = self._token_maps(masks)
         written = []
         for name, values in token_maps.items():
             for t, frame_map in enumerate(values):
                 image = writers.upsample_nearest(writers.colorize(frame_map), size)
-                written.append(writers.write_png(out_dir / "maps" / name / f"{t:04d}.png", image))
-        written.append(writers.write_png(out_dir / "overview.png", self._overview(result, masks, token_maps)))
-        written.append(self._save_values(result, masks, out_dir / "maps" / "maps.safetensors"))
+                written.append(writers.write_png(folder / "maps" / name / f"{t:04d}.png", image))
+        written.append(writers.write_png(folder / "overview.png", self._overview(result, masks, token_maps)))
+        written.append(self._save_values(result, masks, folder / "maps" / "maps.safetensors"))
         return written
 
     @staticmethod
@@ -128,18 +155,17 @@ class MapExporter:
         return writers.save_safetensors(path, {**maps, **own}, metadata)
 
 
-class OverlayExporter:
+class OverlayExporter(FinalMasksExporter):
     """``overlays/{t:04d}.png``: the frame with its final mask tinted and outlined."""
 
+    folder = "overlays"
+
     def __init__(self, alpha: float = 0.5) -> None:
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.alpha = alpha
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        masks = result.masks
-        if masks is None:
-            return []
-        _check_frames(result, masks)
-        folder = Path(out_dir) / "overlays"
+    def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
         binary = masks.masks.detach().cpu().numpy()
         return [
             writers.write_png(folder / f"{t:04d}.png", writers.overlay(image, mask, alpha=self.alpha))

@@ -17,7 +17,15 @@ def _formula_rule(formula: str | None = None) -> Any:
     from easi3r.formula import EASI3R_RULE, parse
 
     parsed = parse(EASI3R_RULE if formula is None else formula)
-    return lambda maps: parsed.evaluate(maps.maps)
+
+    def rule(maps: Any) -> Any:
+        dynamic = parsed.evaluate(maps.maps)
+        # The recipe's check on sample maps cannot foresee every video (e.g. the log of a std that is 0
+        # because a frame has one pair): refuse the map here, before refinement, thresholding and pass 2.
+        parsed.check_result(dynamic, maps["src_mean"].shape, on="on this video's maps")
+        return dynamic
+
+    return rule
 
 
 def _lazy(module: str, attribute: str) -> Any:

@@ -11,15 +11,7 @@ import torch
 from sklearn.cluster import KMeans
 from torch import Tensor
 
-_EPS = 1e-6  # the reference's per-frame min-max epsilon; a constant frame normalises to zeros
-
-
-def per_frame_minmax(x: Tensor) -> Tensor:
-    """``(x - min) / (max - min + 1e-6)`` over each frame of ``(T, ...)`` separately."""
-    flat = x.reshape(x.shape[0], -1)
-    lo = flat.min(dim=1).values.view(-1, *([1] * (x.ndim - 1)))
-    hi = flat.max(dim=1).values.view(-1, *([1] * (x.ndim - 1)))
-    return (x - lo) / (hi - lo + _EPS)
+from easi3r.normalize import frame_minmax
 
 
 def _distinct_rows(x: np.ndarray, limit: int) -> int:
@@ -70,7 +62,7 @@ class KMeansRefiner:
         # sklearn never returns an empty cluster, so every count is positive.
         score = np.bincount(labels, weights=values, minlength=k) / np.bincount(labels, minlength=k)
         refined = torch.from_numpy(score[labels]).to(dtype=dynamic_map.dtype, device=dynamic_map.device)
-        refined = per_frame_minmax(refined.view(dynamic_map.shape))
+        refined = frame_minmax(refined.view(dynamic_map.shape))
         labels_t = torch.from_numpy(labels.astype(np.int64)).view(dynamic_map.shape).to(dynamic_map.device)
         return refined, {"labels": labels_t}
 

@@ -1,7 +1,8 @@
 """Exporters of the aligned scene (``result.scene``): trajectory, depth, point clouds, COLMAP, safetensors.
 
-File layout and conventions: ``docs/outputs.md``, section "Scene (aligned geometry)". Every exporter
-writes nothing and returns ``[]`` when the run produced no scene (aligner ``none``). Coordinates are
+File layout and conventions: ``docs/outputs.md``, section "Scene (aligned geometry)"; parameters come from
+the recipe as for the mask exporters (:mod:`easi3r.strategies.exporters`). Every exporter writes nothing
+and returns ``[]`` when the run produced no scene (aligner ``none``). Coordinates are
 written as the aligner returns them: OpenCV cameras (x right, y down, z forward), camera-to-world poses,
 no re-centring or axis flip, so every file describes the same world.
 """
@@ -20,6 +21,7 @@ from scipy.spatial.transform import Rotation
 
 from easi3r import writers
 from easi3r.outputs import REFERENCE_GLB_MIN_CONF
+from easi3r.strategies.exporters import ExporterBase
 from easi3r.trajectory_io import write_tum
 
 if TYPE_CHECKING:
@@ -37,13 +39,19 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # --- shared helpers ----------------------------------------------------------------------------------
 
 
-def _scene_of(result: RunResult) -> Scene | None:
-    scene = result.scene
-    if scene is not None and len(scene) != len(result.frames):
-        raise ValueError(f"scene has {len(scene)} frames, the run {len(result.frames)}")
-    if scene is not None and tuple(scene.depth.shape[1:]) != result.frames.size:
-        raise ValueError(f"scene is {tuple(scene.depth.shape[1:])}, the frames {result.frames.size}")
-    return scene
+class AlignedSceneExporter(ExporterBase["Scene"]):
+    """An exporter of the aligned scene, into ``scene/``."""
+
+    folder = "scene"
+
+    @staticmethod
+    def input(result: RunResult) -> Scene | None:
+        scene = result.scene
+        if scene is not None and len(scene) != len(result.frames):
+            raise ValueError(f"scene has {len(scene)} frames, the run {len(result.frames)}")
+        if scene is not None and tuple(scene.depth.shape[1:]) != result.frames.size:
+            raise ValueError(f"scene is {tuple(scene.depth.shape[1:])}, the frames {result.frames.size}")
+        return scene
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -76,10 +84,16 @@ def _savetxt(path: Path, rows: np.ndarray, fmt: str = "%.9g") -> Path:
     return path
 
 
+def _save_npy(path: Path, array: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, array)
+    return path
+
+
 # --- trajectory --------------------------------------------------------------------------------------
 
 
-class TrajectoryExporter:
+class TrajectoryExporter(AlignedSceneExporter):
     """``scene/trajectory_tum.txt`` (TUM ``t x y z qx qy qz qw``, camera-to-world, t = frame index),
     ``scene/intrinsics.txt`` (T rows of the 9 entries of K, row-major) and ``scene/focal.txt``.
 
@@ -90,12 +104,7 @@ class TrajectoryExporter:
     def __init__(self, reference_order: bool = False) -> None:
         self.reference_order = reference_order
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        scene = _scene_of(result)
-        if scene is None:
-            return []
-        folder = Path(out_dir) / "scene"
-        folder.mkdir(parents=True, exist_ok=True)
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
         times = np.arange(len(scene), dtype=np.float64)
         c2w = _np(scene.cam2world).astype(np.float64)
         written = [folder / "trajectory_tum.txt"]
@@ -111,29 +120,21 @@ class TrajectoryExporter:
 # --- depth and confidence ----------------------------------------------------------------------------
 
 
-class DepthExporter:
+class DepthExporter(AlignedSceneExporter):
     """``scene/depth/{t:04d}.npy`` (float32 z-depth), ``scene/depth/{t:04d}.png`` (inverse depth, turbo,
     one scale for the whole clip) and ``scene/conf/{t:04d}_conf.npy`` (raw ``1 + exp(x)``) or
     ``{t:04d}_logconf.npy`` (when the scene stores log-confidence)."""
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        scene = _scene_of(result)
-        if scene is None:
-            return []
-        out_dir = Path(out_dir) / "scene"
-        (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-        (out_dir / "conf").mkdir(parents=True, exist_ok=True)
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
         depth = _np(scene.depth).astype(np.float32)
         conf = _np(scene.conf).astype(np.float32)
         suffix = "logconf" if scene.conf_is_log else "conf"
         pictures = self._pictures(depth)
         written = []
         for t in range(len(scene)):
-            written.append(out_dir / "depth" / f"{t:04d}.npy")
-            np.save(written[-1], depth[t])
-            written.append(writers.write_png(out_dir / "depth" / f"{t:04d}.png", pictures[t]))
-            written.append(out_dir / "conf" / f"{t:04d}_{suffix}.npy")
-            np.save(written[-1], conf[t])
+            written.append(_save_npy(folder / "depth" / f"{t:04d}.npy", depth[t]))
+            written.append(writers.write_png(folder / "depth" / f"{t:04d}.png", pictures[t]))
+            written.append(_save_npy(folder / "conf" / f"{t:04d}_{suffix}.npy", conf[t]))
         return written
 
     @staticmethod
@@ -197,7 +198,7 @@ def _segments_path(segments: np.ndarray) -> trimesh.path.Path3D:
     return trimesh.path.Path3D(entities=entities, vertices=segments.reshape(-1, 3), process=False)
 
 
-class PointCloudExporter:
+class PointCloudExporter(AlignedSceneExporter):
     """Per-frame coloured clouds ``scene/points/{static,dynamic}_{t:04d}.ply``, the fused static cloud
     ``scene/points/static_fused.ply`` and ``scene/scene.glb`` (fused static cloud, per-frame dynamic
     clouds ``dynamic_{t:04d}``, camera frusta ``camera_{t:04d}``).
@@ -223,11 +224,7 @@ class PointCloudExporter:
         self.camera_size = camera_size
         self.max_points = max_points
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        scene = _scene_of(result)
-        if scene is None:
-            return []
-        folder = Path(out_dir) / "scene"
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
         points, rgb = _np(scene.pts3d), result.frames.rgb()
         kept, dynamic = _kept(scene, self.min_conf), _dynamic(scene)
         static, moving = kept & ~dynamic, kept & dynamic
@@ -264,12 +261,15 @@ class PointCloudExporter:
         glb = trimesh.Scene()
         # a GLB is built in memory and viewers slow down past a few million points: above max_points,
         # an even, fixed-seed share of every cloud is kept
-        share = min(1.0, self.max_points / max(1, int(static.sum() + moving.sum())))
+        static_count = int(static.sum()) if fused is None else len(fused[0])
+        share = min(1.0, self.max_points / max(1, static_count + int(moving.sum())))
         rng = np.random.default_rng(0)
-        static_index = _subsample(np.flatnonzero(static), share, rng)
-        clouds = [(points.reshape(-1, 3)[static_index], rgb.reshape(-1, 3)[static_index], "static_fused")]
-        if fused is not None:
-            clouds[0] = (*fused, "static_fused")
+        if fused is None:
+            static_index = _subsample(np.flatnonzero(static), share, rng)
+            clouds = [(points.reshape(-1, 3)[static_index], rgb.reshape(-1, 3)[static_index], "static_fused")]
+        else:
+            fused_index = _subsample(np.arange(static_count), share, rng)
+            clouds = [(fused[0][fused_index], fused[1][fused_index], "static_fused")]
         for t in range(len(scene)):
             index = _subsample(np.flatnonzero(moving[t]), share, rng)
             clouds.append((points[t].reshape(-1, 3)[index], rgb[t].reshape(-1, 3)[index], f"dynamic_{t:04d}"))
@@ -324,7 +324,7 @@ def _image_names(paths: list[str]) -> list[str]:
     return names
 
 
-class ColmapExporter:
+class ColmapExporter(AlignedSceneExporter):
     """COLMAP text model of the static scene in ``scene/colmap/``: ``cameras.txt`` (PINHOLE),
     ``images.txt`` (world-to-camera poses), ``points3D.txt`` (static points, empty tracks) and the frames
     as PNG in ``images/``, the starting point 3D Gaussian splatting / NeRF tools expect.
@@ -333,18 +333,15 @@ class ColmapExporter:
     ``min_conf``: as for the point clouds.
     """
 
+    folder = "scene/colmap"
+
     def __init__(self, max_points: int = 100_000, min_conf: float = REFERENCE_GLB_MIN_CONF) -> None:
         if max_points < 0:
             raise ValueError(f"max_points must be >= 0, got {max_points}")
         self.max_points = max_points
         self.min_conf = min_conf
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        scene = _scene_of(result)
-        if scene is None:
-            return []
-        folder = Path(out_dir) / "scene" / "colmap"
-        folder.mkdir(parents=True, exist_ok=True)
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
         names = _image_names(list(result.frames.paths))
         rgb = result.frames.rgb()
         camera_ids = self._write_cameras(folder / "cameras.txt", scene)
@@ -417,14 +414,12 @@ class ColmapExporter:
 # --- everything numeric ------------------------------------------------------------------------------
 
 
-class SceneExporter:
+class SceneExporter(AlignedSceneExporter):
     """``scene/scene.safetensors``: cam2world, intrinsics, focals, depth, conf, pts3d, the frames' colours
-    (``rgb``, what the viewer draws) and masks (when the scene has them), with the frame paths, ``conf_is_log`` and the camera convention as metadata."""
+    (``rgb``, what the viewer draws) and masks (when the scene has them), with the frame paths,
+    ``conf_is_log`` and the camera convention as metadata."""
 
-    def __call__(self, result: RunResult, out_dir: Path) -> list[Path]:
-        scene = _scene_of(result)
-        if scene is None:
-            return []
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
         tensors = {
             "cam2world": scene.cam2world,
             "intrinsics": scene.intrinsics,
@@ -441,4 +436,4 @@ class SceneExporter:
             "conf_is_log": json.dumps(bool(scene.conf_is_log)),
             "convention": "opencv camera-to-world",
         }
-        return [writers.save_safetensors(Path(out_dir) / "scene" / "scene.safetensors", tensors, metadata)]
+        return [writers.save_safetensors(folder / "scene.safetensors", tensors, metadata)]

@@ -7,18 +7,11 @@ any finite input; a constant input gets the constant itself, so its mask is empt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from skimage.filters import threshold_multiotsu, threshold_otsu
 from torch import Tensor
-
-
-def upsample_map(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear (align_corners=False) upsampling of ``(T, NH, NW)`` to ``(T, H, W)``."""
-    return F.interpolate(x[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def _flat_values(values: Tensor) -> np.ndarray:
@@ -92,17 +85,3 @@ class Fixed:
 
     def __call__(self, values: Tensor) -> float:
         return self.value
-
-
-def masks_from_map(
-    refined: Tensor, size: tuple[int, int], threshold_fn: Callable[[Tensor], float]
-) -> tuple[Tensor, float, Tensor]:
-    """Upsample ``refined (T, NH, NW)`` to ``size = (H, W)``, threshold it jointly over all frames.
-
-    Returns ``(masks (T, H, W) bool, threshold, upsampled (T, H, W))`` with ``masks = upsampled >
-    threshold``.
-    """
-    upsampled = upsample_map(refined, size)
-    threshold = float(threshold_fn(upsampled))
-    masks = upsampled > torch.tensor(threshold, dtype=upsampled.dtype, device=upsampled.device)
-    return masks, threshold, upsampled

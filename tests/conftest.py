@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from safetensors.numpy import load_file
 
 from .helpers import GOLDEN_NET
+
+# tests never write into the checkout: no example database, and Hypothesis's own caches in a temporary folder
+settings.register_profile("easi3r", database=None)
+settings.load_profile("easi3r")
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="easi3r-hypothesis-"))
 
 
 @pytest.fixture(scope="session")

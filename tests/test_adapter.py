@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from easi3r.attention import pixel_to_token_masks
+from easi3r.attention import Reweight, pixel_to_token_masks
 from easi3r.backends.adapter import CroCoBackbone, adopt_attention
 from easi3r.backends.croco import Attention, CrossAttention
 from easi3r.strategies.capture import query_mean
@@ -76,7 +76,7 @@ def _both_passes(backbone, golden):
     encoded = backbone.encode(images)
     masks = pixel_to_token_masks(torch.from_numpy(golden["pass2/atten_mask_input"]), 16)
     pass1 = backbone.decode(encoded, pairs, capture=query_mean)
-    pass2 = backbone.decode(encoded, pairs, capture=query_mean, reweight=zero_dynamic_keys, token_masks=masks)
+    pass2 = backbone.decode(encoded, pairs, capture=query_mean, reweight=Reweight(zero_dynamic_keys, masks))
     return pass1, pass2
 
 

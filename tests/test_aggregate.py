@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from easi3r.strategies.aggregate import STAT_NAMES, aggregate_pair_maps, frame_maps, fuse_channels
+from easi3r.maps import STAT_NAMES, aggregate_pair_maps, frame_maps, fuse_channels
 from easi3r.types import PairAttention
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "net" / "reference.safetensors"

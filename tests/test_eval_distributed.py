@@ -35,6 +35,7 @@ def _eval(*launcher: str, root: Path, out: Path) -> subprocess.CompletedProcess[
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is needed"
 )
+@pytest.mark.slow
 def test_two_processes_write_what_one_writes(tmp_path):
     root = tmp_path / "DAVIS"
     for seed, name in enumerate(NAMES):

@@ -4,6 +4,7 @@ Python path), discovered by entry point, and selected from YAML."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,19 @@ import yaml
 from .helpers import FRAMES
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "easi3r-example-plugin"
+# a real pip install and real processes: about 6 s in all
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory) -> dict[str, str]:
     target = tmp_path_factory.mktemp("site")
+    # pip builds in the source folder (build/, *.egg-info): build a copy, never the checkout
+    source = tmp_path_factory.mktemp("src") / EXAMPLE.name
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         check=True,
     )  # fmt: skip
     path = os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))

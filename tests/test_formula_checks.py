@@ -13,8 +13,8 @@ from easi3r.cli import main
 from easi3r.errors import FormulaError
 from easi3r.formula import EASI3R_RULE, check_rule, parse
 from easi3r.frames import load_frames
+from easi3r.maps import sample_frame_maps
 from easi3r.recipes import available_recipes, load_recipe, validate_recipe
-from easi3r.strategies.aggregate import sample_frame_maps
 
 from .helpers import FRAMES
 

@@ -110,6 +110,7 @@ def _assert_clean(code: int | None, stderr: str, seconds: float) -> None:
     assert seconds < TIME_LIMIT
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(overrides=st.lists(_OVERRIDES, min_size=1, max_size=3))
 def test_validate_any_overrides(overrides):
@@ -119,6 +120,7 @@ def test_validate_any_overrides(overrides):
         assert stderr == ""
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(formula=_FORMULAS)
 def test_validate_any_formula(formula):

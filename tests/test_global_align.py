@@ -501,7 +501,7 @@ def test_points_that_fit_no_camera_start_from_a_default_focal():
 
 def test_fused_residual_equals_the_autograd_composition_in_float64():
     """The 3D term's hand-written backward against autograd on the same operators (and gradcheck)."""
-    from easi3r.strategies.global_align import _affine, _PairResidual
+    from easi3r.strategies.global_align.model import _affine, _PairResidual
 
     g = torch.Generator().manual_seed(0)
     n_frames, n_pairs, n_pix = 4, 6, 10

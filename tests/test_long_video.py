@@ -86,6 +86,7 @@ def reference(video, tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_streaming_writes_the_same_bytes_and_removes_its_cache(video, reference, tmp_path):
     out = tmp_path / "streamed"
     done = _run(video, out, "scale.stream=true")
@@ -124,6 +125,7 @@ def _count(folder: Path, pattern: str) -> int:
         ("alignment", WINDOWED, lambda cache: _count(cache / "align", "window-*.safetensors") >= 1),
     ],
 )
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_identical_outputs(video, reference, tmp_path, point, extra, ready):
     out, cache = tmp_path / "out", tmp_path / "out.cache"
     _kill_when(_command(video, out, "scale.stream=true", *extra), lambda: ready(cache))
@@ -149,6 +151,7 @@ def test_kill_9_then_resume_gives_identical_outputs(video, reference, tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.cache"]
 
 
+@pytest.mark.slow
 def test_resume_errors_are_one_line(video, tmp_path):
     nothing = _run(video, tmp_path / "out", "--resume")
     assert nothing.returncode == 2
@@ -169,6 +172,7 @@ def test_resume_errors_are_one_line(video, tmp_path):
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is needed"
 )
+@pytest.mark.slow
 def test_two_ranks_share_the_pairs_of_one_video(video, reference, tmp_path):
     torchrun = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     two = _run(video, tmp_path / "two", *WINDOWED, "--keep-cache", launcher=torchrun)

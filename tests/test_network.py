@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from easi3r.attention import AttentionHook, Reweighting
+from easi3r.attention import AttentionHook, Reweight
 from easi3r.backends.adapter import CroCoBackbone
 from easi3r.backends.croco import CroCoStereo
 from easi3r.strategies.capture import full_logits, query_mean
@@ -41,10 +41,8 @@ def test_golden_parity_both_passes(golden, golden_info, golden_model, golden_inp
         "pass2": token_masks(torch.from_numpy(golden["pass2/atten_mask_input"])),
     }
     for name, masks in pass_masks.items():
-        out = backbone.decode(
-            encoded, pairs, capture=query_mean, reweight=None if masks is None else zero_dynamic_keys,
-            token_masks=masks,
-        )  # fmt: skip
+        reweight = None if masks is None else Reweight(zero_dynamic_keys, masks)
+        out = backbone.decode(encoded, pairs, capture=query_mean, reweight=reweight)
         pred = out.predictions
         checks = {
             "pred1_cross_atten_maps_k": out.attention.decoder1,
@@ -67,7 +65,7 @@ def test_pass2_changes_later_layers_only(golden_model, golden_inputs, golden):
     masks = token_masks(torch.from_numpy(golden["pass2/atten_mask_input"]))
     p1 = backbone.decode(encoded, pairs, capture=query_mean, heads=False).attention
     p2 = backbone.decode(
-        encoded, pairs, capture=query_mean, reweight=zero_dynamic_keys, token_masks=masks, heads=False
+        encoded, pairs, capture=query_mean, reweight=Reweight(zero_dynamic_keys, masks), heads=False
     ).attention
     heads = backbone.decoder_heads
     for m1, m2 in ((p1.decoder1, p2.decoder1), (p1.decoder2, p2.decoder2)):
@@ -94,9 +92,7 @@ def test_encoder_runs_once_per_frame(golden_model, golden_inputs):
         backbone = CroCoBackbone(golden_model, batch_size=2)
         encoded = backbone.encode(images)
         backbone.decode(encoded, pairs, capture=query_mean)
-        backbone.decode(
-            encoded, pairs, reweight=zero_dynamic_keys, token_masks=torch.zeros(5, 144, dtype=bool)
-        )
+        backbone.decode(encoded, pairs, reweight=Reweight(zero_dynamic_keys, torch.zeros(5, 144, dtype=bool)))
     finally:
         handle.remove()
     assert sum(calls) == len(images)
@@ -146,10 +142,8 @@ def test_whole_network_identities_float64(model64, golden_inputs, golden):
     backbone = CroCoBackbone(model64, batch_size=6)
     encoded = backbone.encode(images.double())
     masks = token_masks(torch.from_numpy(golden["pass2/atten_mask_input"]))
-    fast = backbone.decode(encoded, pairs, capture=query_mean, reweight=zero_dynamic_keys, token_masks=masks)
-    slow = backbone.decode(
-        encoded, pairs, capture=full_logits, reweight=post_softmax_oracle, token_masks=masks
-    )
+    fast = backbone.decode(encoded, pairs, capture=query_mean, reweight=Reweight(zero_dynamic_keys, masks))
+    slow = backbone.decode(encoded, pairs, capture=full_logits, reweight=Reweight(post_softmax_oracle, masks))
     for a, b in (
         (fast.attention.decoder1, slow.attention.decoder1),
         (fast.attention.decoder2, slow.attention.decoder2),
@@ -166,18 +160,18 @@ def test_reweight_layer_and_decoder_selection(golden_model, golden_inputs, golde
     masks = token_masks(torch.from_numpy(golden["pass2/atten_mask_input"]))
     plain = backbone.decode(encoded, pairs, heads=True).predictions
     no_layers = backbone.decode(
-        encoded, pairs, reweight=zero_dynamic_keys, token_masks=masks, reweight_layers=()
+        encoded, pairs, reweight=Reweight(zero_dynamic_keys, masks, layers=())
     ).predictions
     assert torch.equal(plain.pts3d_1, no_layers.pts3d_1)
     dec2 = backbone.decode(
-        encoded, pairs, reweight=zero_dynamic_keys, token_masks=masks, reweight_decoders=(2,)
+        encoded, pairs, reweight=Reweight(zero_dynamic_keys, masks, decoders=(2,))
     ).predictions
     assert not torch.allclose(plain.pts3d_2, dec2.pts3d_2)
 
 
 def test_hook_routes_masks_by_decoder():
-    rw = Reweighting(
-        zero_dynamic_keys, torch.tensor([[True]]), torch.tensor([[False]]), decoders=(1, 2), layers=(1,)
+    rw = Reweight(zero_dynamic_keys, torch.tensor([[True], [False]]), decoders=(1, 2), layers=(1,)).for_pairs(
+        torch.tensor([[0, 1]]), "cpu"
     )
     assert rw.masks(1)[0].item() and not rw.masks(2)[0].item()
     assert rw.applies(2, 1) and not rw.applies(1, 0)

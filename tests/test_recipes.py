@@ -489,6 +489,69 @@ def test_unknown_plugin_name(cfg) -> None:
     )
 
 
+VOXEL_RULE = (
+    "null (the fused cloud keeps every point) or a number > 0 (edge of the cubes the fused cloud is averaged"
+    " over)"
+)
+
+
+@pytest.mark.parametrize(
+    ("exporters", "message"),
+    [
+        (
+            ["masks", {"name": "pointcloud", "voxl": 0.1}],
+            "recipe key 'export.exporters[1].voxl' is not allowed; did you mean 'export.exporters[1].voxel'?",
+        ),
+        (
+            [{"name": "maps", "width": 4}],
+            "recipe key 'export.exporters[0].width' is not allowed; allowed: overview_columns",
+        ),
+        (
+            [{"name": "pointcloud", "voxel": 0}],
+            f"recipe key 'export.exporters[0].voxel' must be {VOXEL_RULE}, got 0",
+        ),
+        (
+            [{"name": "colmap", "max_points": -1}],
+            "recipe key 'export.exporters[0].max_points' must be >= 0, got -1",
+        ),
+        (
+            [{"name": "depth", "scale": 2}],
+            "recipe key 'export.exporters[0].scale' is not allowed; allowed: none",
+        ),
+        (
+            ["masks", {"name": "masks", "dilate": 5}],
+            "recipe key 'export.exporters[1]': exporter 'masks' is listed twice; list it once",
+        ),
+        (
+            [{"voxel": 0.1}],
+            "recipe key 'export.exporters[0]' must be an exporter name (default parameters) or a mapping "
+            '{name: <exporter>, <parameter>: <value>, ...}, got {"voxel": 0.1}',
+        ),
+    ],
+)
+def test_exporter_params_are_checked_by_their_fragment(cfg, exporters: list, message: str) -> None:
+    cfg.export.exporters = exporters
+    assert error_of(cfg) == message
+
+
+def test_exporter_without_fragment_takes_no_params(cfg) -> None:
+    extra = types.SimpleNamespace(easi3r_exporters=hookimpl(lambda: {"ply": anything}))
+    plugins.get_plugin_manager(extra_plugins={"ply": extra})
+    cfg.export.exporters = ["masks", "ply"]
+    validate_recipe(cfg)
+    cfg.export.exporters = ["masks", {"name": "ply", "binary": True}]
+    assert error_of(cfg) == (
+        "recipe key 'export.exporters[1].binary' is not allowed: exporter 'ply' takes no parameters "
+        "(no schema fragment 'export/ply' is installed)"
+    )
+
+
+def test_exporter_params_from_the_command_line() -> None:
+    cfg = load_recipe("tiny", ["export.exporters=[masks, {name: pointcloud, voxel: 0.01}]"])
+    validate_recipe(cfg)
+    assert OmegaConf.to_container(cfg.export.exporters) == ["masks", {"name": "pointcloud", "voxel": 0.01}]
+
+
 def test_missing_keys(cfg) -> None:
     del cfg.frames["size"]
     assert error_of(cfg) == "recipe key 'frames.size' is required but missing; add it"
@@ -567,4 +630,19 @@ def test_resolved_yaml_round_trips_and_names_plugins(cfg, tmp_path: Path) -> Non
     run = write(tmp_path / "run.yaml", text)
     again = load_recipe(str(run))
     validate_recipe(again)
+    assert resolved_recipe_yaml(again) == text
+
+
+def test_run_yaml_keeps_exporter_params_and_names_their_plugins(cfg, tmp_path: Path) -> None:
+    exporters = ["masks", {"name": "pointcloud", "voxel": 0.01, "max_points": 1000}]
+    cfg.export.exporters = exporters
+    text = resolved_recipe_yaml(cfg)
+    builtin = {"plugin": "strategies", "distribution": "easi3r", "version": "0.1.0"}
+    assert OmegaConf.to_container(OmegaConf.create(text).plugins.exporters) == [
+        {"name": "masks", **builtin},
+        {"name": "pointcloud", **builtin},
+    ]
+    again = load_recipe(str(write(tmp_path / "run.yaml", text)))
+    validate_recipe(again)
+    assert OmegaConf.to_container(again.export.exporters) == exporters
     assert resolved_recipe_yaml(again) == text

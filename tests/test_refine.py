@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from easi3r.strategies.refine import KMeansRefiner, NoRefiner, per_frame_minmax
+from easi3r.normalize import frame_minmax
+from easi3r.strategies.refine import KMeansRefiner, NoRefiner
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "net" / "reference.safetensors"
 
@@ -56,7 +57,7 @@ def test_fewer_tokens_than_clusters() -> None:
     refined, extras = KMeansRefiner(k=64)(dynamic, torch.randn(2, 2, 3, 8))
     # 12 distinct tokens, 12 clusters: every token is its own cluster, so refining only re-normalises.
     assert len(extras["labels"].unique()) == 12
-    torch.testing.assert_close(refined, per_frame_minmax(dynamic))
+    torch.testing.assert_close(refined, frame_minmax(dynamic))
 
 
 def test_all_zero_features_are_finite() -> None:

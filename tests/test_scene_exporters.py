@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from safetensors import safe_open
 from easi3r import writers
 from easi3r.geometry import Scene
 from easi3r.pipeline import RunResult
-from easi3r.plugins import registry
+from easi3r.plugins import registry, schema_fragments
 from easi3r.strategies.scene_exporters import (
     ColmapExporter,
     DepthExporter,
@@ -27,6 +28,8 @@ from easi3r.strategies.scene_exporters import (
 )
 from easi3r.synthetic import make_scene
 from easi3r.types import Encoded, Frames
+
+from .test_writers import export_from_recipe
 
 T, H, W = 4, 24, 32
 MIN_CONF = 1.1
@@ -204,7 +207,7 @@ def test_point_clouds_split_filter_and_colour(result, tmp_path: Path) -> None:
 def test_glb_keeps_an_even_share_above_max_points_and_the_ply_files_keep_all(result, tmp_path: Path) -> None:
     static, dynamic = selections(result)
     total = int(static.sum() + dynamic.sum())
-    PointCloudExporter(max_points=total // 4)(result, tmp_path)
+    export_from_recipe(result, tmp_path, f"export.exporters=[{{name: pointcloud, max_points: {total // 4}}}]")
     glb = trimesh.load(tmp_path / "scene" / "scene.glb")
     clouds = {name: g for name, g in glb.geometry.items() if not name.startswith("camera_")}
     kept = sum(len(cloud.vertices) for cloud in clouds.values())
@@ -221,7 +224,7 @@ def test_glb_keeps_an_even_share_above_max_points_and_the_ply_files_keep_all(res
 
 def test_fused_cloud_voxel_average(result, tmp_path: Path) -> None:
     voxel = 0.5
-    PointCloudExporter(voxel=voxel)(result, tmp_path)
+    export_from_recipe(result, tmp_path, f"export.exporters=[{{name: pointcloud, voxel: {voxel}}}]")
     fused, colors = load_cloud(tmp_path / "scene" / "points" / "static_fused.ply")
     static, _ = selections(result)
     pts = result.scene.pts3d.numpy()[static].astype(np.float64)
@@ -407,3 +410,62 @@ def test_scene_exporters_are_deterministic_and_registered(result, tmp_path: Path
     for name, cls in zip(names, EXPORTERS):
         assert isinstance(exporters.create({"name": name}), cls)
     assert exporters.create({"name": "pointcloud", "voxel": 0.1}).voxel == 0.1
+
+
+# --- parameters set from a recipe ------------------------------------------------------------------
+
+
+def test_recipe_sets_min_conf_camera_size_and_reference_order(result, tmp_path: Path) -> None:
+    export_from_recipe(
+        result,
+        tmp_path,
+        "export.exporters=[{name: pointcloud, min_conf: 1.3, camera_size: 0.25},"
+        " {name: trajectory, reference_order: true}]",
+    )
+    raw = result.scene.conf.numpy()
+    static, _ = selections(result)
+    fused, _ = load_cloud(tmp_path / "scene" / "points" / "static_fused.ply")
+    assert 0 < len(fused) == (static & (raw > 1.3)).sum() < static.sum()
+    frustum = trimesh.load(tmp_path / "scene" / "scene.glb").geometry["camera_0000"]
+    depth_in_camera = (
+        np.c_[frustum.vertices, np.ones(len(frustum.vertices))]
+        @ np.linalg.inv(result.scene.cam2world[0].double().numpy()).T
+    )[:, 2]
+    np.testing.assert_allclose(depth_in_camera.max(), 0.25, atol=1e-6)
+    assert (tmp_path / "scene" / "pred_traj.txt").is_file()
+
+
+def test_recipe_sets_colmap_points(result, tmp_path: Path) -> None:
+    export_from_recipe(result, tmp_path, "export.exporters=[{name: colmap, max_points: 7, min_conf: 1.2}]")
+    lines = (tmp_path / "scene" / "colmap" / "points3D.txt").read_text().splitlines()
+    assert len([line for line in lines if not line.startswith("#")]) == 7
+
+
+@pytest.mark.parametrize("name", ["trajectory", "depth", "pointcloud", "colmap", "scene"])
+def test_documented_defaults_write_the_same_bytes(result, tmp_path: Path, name: str) -> None:
+    properties = schema_fragments()[f"export/{name}"].get("properties", {})
+    item = json.dumps({"name": name, **{key: spec["default"] for key, spec in properties.items()}})
+    bare = export_from_recipe(result, tmp_path / "bare", f"export.exporters=[{name}]")
+    assert bare and export_from_recipe(result, tmp_path / "explicit", f"export.exporters=[{item}]") == bare
+
+
+def test_fragments_document_every_parameter_with_its_default() -> None:
+    """Every parameter of every built-in exporter is reachable from a recipe, with the default it has."""
+    exporters = registry("exporters")
+    for name in exporters.names():
+        signature = inspect.signature(type(exporters.create({"name": name})))
+        documented = schema_fragments()[f"export/{name}"].get("properties", {})
+        assert {key: spec["default"] for key, spec in documented.items()} == {
+            key: parameter.default for key, parameter in signature.parameters.items()
+        }, name
+
+
+def test_glb_cap_counts_the_voxel_averaged_cloud(result, tmp_path: Path) -> None:
+    export_from_recipe(
+        result, tmp_path, "export.exporters=[{name: pointcloud, voxel: 0.01, max_points: 100}]"
+    )
+    glb = trimesh.load(tmp_path / "scene" / "scene.glb")
+    clouds = [g for name, g in glb.geometry.items() if not name.startswith("camera_")]
+    assert abs(sum(len(cloud.vertices) for cloud in clouds) - 100) <= len(clouds)
+    fused, _ = load_cloud(tmp_path / "scene" / "points" / "static_fused.ply")
+    assert len(fused) > 1000  # the PLY keeps every averaged point

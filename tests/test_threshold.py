@@ -12,9 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from easi3r.strategies.aggregate import frame_maps
-from easi3r.strategies.refine import KMeansRefiner, per_frame_minmax
-from easi3r.strategies.threshold import AdaptiveMultiOtsu, Fixed, Otsu, masks_from_map, upsample_map
+from easi3r.maps import frame_maps
+from easi3r.masks import masks_from_map, upsample_map
+from easi3r.normalize import frame_minmax
+from easi3r.strategies.refine import KMeansRefiner
+from easi3r.strategies.threshold import AdaptiveMultiOtsu, Fixed, Otsu
 from easi3r.types import PairAttention
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "net" / "reference.safetensors"
@@ -52,7 +54,7 @@ def test_golden_end_to_end(pass_name: str) -> None:
         decoder2=torch.from_numpy(g[f"{pass_name}/pred2_cross_atten_maps_k"]),
     )
     maps = frame_maps(attention, torch.from_numpy(g["pairs"]), 5)
-    dynamic = per_frame_minmax(
+    dynamic = frame_minmax(
         (1 - maps["src_mean"]) * maps["src_std"] * maps["ref_mean"] * (1 - maps["ref_std"])
     )
     np.testing.assert_allclose(dynamic.numpy(), g[f"{pass_name}/dynamic_map"], rtol=0, atol=1e-5)

@@ -190,6 +190,7 @@ def video():
     return scene, frames, outputs, masks
 
 
+@pytest.mark.slow
 def test_windowed_alignment_recovers_the_trajectory(video):
     scene, frames, outputs, masks = video
     aligner = GlobalAlign(iters=100)

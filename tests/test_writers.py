@@ -13,8 +13,10 @@ from PIL import Image
 from safetensors import safe_open
 
 from easi3r import writers
+from easi3r.api import create_exporters
 from easi3r.pipeline import PassResult, RunResult
-from easi3r.plugins import registry
+from easi3r.plugins import registry, schema_fragments
+from easi3r.recipes import load_recipe, validate_recipe
 from easi3r.strategies.exporters import MapExporter, MaskExporter, OverlayExporter
 from easi3r.types import DynamicMasks, Encoded, FrameMaps, Frames, PairOutputs
 
@@ -283,3 +285,52 @@ def test_exporters_are_registered() -> None:
     assert isinstance(exporters.create({"name": "masks"}), MaskExporter)
     assert exporters.create({"name": "maps", "overview_columns": 4}).overview_columns == 4
     assert exporters.create({"name": "overlays", "alpha": 0.3}).alpha == 0.3
+
+
+# --- exporters set from a recipe ------------------------------------------------------------------
+
+
+def export_from_recipe(result: RunResult, folder: Path, *overrides: str) -> dict[str, bytes]:
+    """Run the exporters of the ``tiny`` recipe with ``overrides`` on ``result``: ``{relative path: bytes}``."""
+    cfg = load_recipe("tiny", overrides)
+    validate_recipe(cfg)
+    paths = [path for export in create_exporters(cfg) for path in export(result, folder)]
+    return {str(path.relative_to(folder)): path.read_bytes() for path in paths}
+
+
+def test_recipe_sets_overview_columns(result, tmp_path: Path) -> None:
+    export_from_recipe(result, tmp_path / "all", "export.exporters=[maps]")
+    export_from_recipe(result, tmp_path / "two", "export.exporters=[{name: maps, overview_columns: 2}]")
+    wide, narrow = (read_png(tmp_path / run / "overview.png") for run in ("all", "two"))
+    assert wide.shape[0] == narrow.shape[0]
+    assert wide.shape[1] - narrow.shape[1] >= W  # T = 3 columns, then 2
+
+
+def test_recipe_sets_dilate_by_item_or_by_export_dilate(result, tmp_path: Path) -> None:
+    expected = result.masks.masks.numpy()[0]
+    name = "masks/enlarged_dynamic_mask_0000.png"
+    export_from_recipe(result, tmp_path / "key", "export.exporters=[masks]", "export.dilate=1")
+    np.testing.assert_array_equal(read_png(tmp_path / "key" / name) == 255, expected)
+    # the item's own parameter wins over export.dilate
+    export_from_recipe(
+        result, tmp_path / "item", "export.exporters=[{name: masks, dilate: 5}]", "export.dilate=1"
+    )
+    np.testing.assert_array_equal(read_png(tmp_path / "item" / name) == 255, writers.dilate(expected, 5))
+
+
+def test_recipe_sets_overlay_alpha(result, tmp_path: Path) -> None:
+    half = export_from_recipe(result, tmp_path / "half", "export.exporters=[overlays]")
+    opaque = export_from_recipe(
+        result, tmp_path / "opaque", "export.exporters=[{name: overlays, alpha: 1.0}]"
+    )
+    assert half.keys() == opaque.keys() and half != opaque
+
+
+@pytest.mark.parametrize("name", ["masks", "maps", "overlays"])
+def test_documented_defaults_write_the_same_bytes(result, tmp_path: Path, name: str) -> None:
+    defaults = {
+        key: spec["default"] for key, spec in schema_fragments()[f"export/{name}"]["properties"].items()
+    }
+    item = json.dumps({"name": name, **defaults})
+    bare = export_from_recipe(result, tmp_path / "bare", f"export.exporters=[{name}]")
+    assert bare and export_from_recipe(result, tmp_path / "explicit", f"export.exporters=[{item}]") == bare

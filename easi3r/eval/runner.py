@@ -427,25 +427,27 @@ def _long_side_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 def _dataset_row(results: list[SequenceResult], mask_convention: str) -> dict[str, float]:
     row: dict[str, float] = {}
-    for key in _MASK_KEYS:
-        have = [r for r in results if key in r.metrics]
-        if not have:
-            continue
+    for key, have in _results_with(results, _MASK_KEYS):
         if mask_convention == "per_frame":
             # the mean over all frames of all sequences, from the per-sequence frame means
             row[key] = float(np.average([r.metrics[key] for r in have], weights=[r.frames for r in have]))
         else:
             row[key] = dataset_mean({r.name: r.metrics[key] for r in have})
-    for key in _POSE_KEYS:
-        have = [r for r in results if key in r.metrics]
-        if have:
-            row[key] = dataset_mean({r.name: r.metrics[key] for r in have})
-    for key in (f"depth_{k}" for k in _DEPTH_KEYS):
-        have = [r for r in results if key in r.metrics]
-        if have:
-            weights = [r.metrics["depth_valid_pixels"] for r in have]
-            row[key] = float(np.average([r.metrics[key] for r in have], weights=weights))
+    for key, have in _results_with(results, _POSE_KEYS):
+        row[key] = dataset_mean({r.name: r.metrics[key] for r in have})
+    for key, have in _results_with(results, [f"depth_{k}" for k in _DEPTH_KEYS]):
+        weights = [r.metrics["depth_valid_pixels"] for r in have]
+        row[key] = float(np.average([r.metrics[key] for r in have], weights=weights))
     return row
+
+
+def _results_with(
+    results: list[SequenceResult], keys: SequenceOf[str]
+) -> list[tuple[str, list[SequenceResult]]]:
+    """Each metric key with the results that hold it, in key order; a key that no result holds is left out
+    (a metric no sequence could compute has no dataset mean)."""
+    having = [(key, [r for r in results if key in r.metrics]) for key in keys]
+    return [(key, have) for key, have in having if have]
 
 
 def _one_line_result(result: SequenceResult) -> str:

@@ -1,4 +1,4 @@
-"""From per-pair key-side attention maps to the four per-frame maps (method.md §3).
+"""From per-pair key-side attention maps to the four per-frame maps (method.md §3), a fixed step of the method.
 
 Every ordered pair (i, j) contributes two maps: decoder 1's map lives on frame j's tokens (frame j seen as
 the *source*, paper A^src) and decoder 2's map lives on frame i's tokens (frame i seen as the *reference*,
@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from easi3r.normalize import minmax
 from easi3r.types import FrameMaps, PairAttention
 
-_EPS = 1e-6  # the reference's min-max epsilon; it also makes a constant tensor normalise to zeros
 SINGLE_PAIR_STD_FALLBACKS = ("zero",)
 STAT_NAMES = ("src_mean", "src_std", "ref_mean", "ref_std")
 
@@ -115,12 +115,7 @@ def fuse_channels(x: Tensor) -> Tensor:
     over all frames; both normalisations use ``(x - min) / (max - min + 1e-6)``, so a constant tensor
     gives zeros.
     """
-    return _minmax(_minmax(x).mean(dim=-1))
-
-
-def _minmax(x: Tensor) -> Tensor:
-    lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo + _EPS)
+    return minmax(minmax(x).mean(dim=-1))
 
 
 def frame_maps(
