@@ -2,6 +2,8 @@
 
     easi3r run FRAMES_OR_VIDEO [--recipe NAME] -o OUT [--checkpoint PATH] [--resume] [key=value ...]
     easi3r eval --dataset NAME --root PATH [--recipe NAME] -o OUT [--sequences a,b] [key=value ...]
+    easi3r calibrate (FRAMES --masks GT_DIR | --dataset NAME --root PATH) -o OUT [--recipe NAME] [key=value ...]
+    easi3r synth -o OUT [--sequences N] [--frames N] [--objects N] [--motion M] [--texture T] [--size HxW]
     easi3r demo [-o OUT]
     easi3r view OUT [--port 8080] [--host 127.0.0.1] [--max-points-per-frame N] [--min-conf C]
     easi3r plugins | recipes [NAME] | validate RECIPE [key=value ...] | convert SRC.pth DST_DIR
@@ -106,10 +108,72 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from easi3r.calibration.calibrate import calibrate
+    from easi3r.calibration.sequences import dataset_sequences, folder_sequence
+    from easi3r.devices import check_device
+    from easi3r.recipes import load_recipe, validate_recipe
+
+    overrides = list(args.overrides)
+    if args.checkpoint is not None:
+        overrides.append(f"backbone.checkpoint={args.checkpoint}")
+    if args.device is not None:
+        overrides.append(f"backbone.device={args.device}")
+    if (args.source is None) == (args.dataset is None):
+        raise Easi3RError("give either SOURCE --masks GT_DIR, or --dataset NAME --root DIR")
+    if args.source is not None and args.masks is None:
+        raise Easi3RError(f"{args.source}: --masks GT_DIR is needed, one binary mask per frame")
+    if args.dataset is not None and args.root is None:
+        raise Easi3RError(f"--dataset {args.dataset} needs --root, the dataset folder")
+    recipe = load_recipe(args.recipe, overrides)
+    validate_recipe(recipe)
+    check_device(str(recipe.backbone.device))
+    if args.source is not None:
+        sequences = [folder_sequence(args.source, args.masks, recipe)]
+    else:
+        names = (
+            None if args.sequences is None else [n.strip() for n in args.sequences.split(",") if n.strip()]
+        )
+        sequences = list(dataset_sequences(args.dataset, args.root, recipe, names))
+    result = calibrate(
+        sequences,
+        recipe,
+        args.out,
+        recipe_ref=args.recipe,
+        beam_width=args.beam,
+        depth=args.depth,
+        overwrite=args.overwrite,
+    )
+    print(
+        f"easi3r: wrote {args.out} (best single map {result.ranked[0].oriented}; searched formula AUC "
+        f"{result.search.report_auc:.3f} on the report half; recipe {Path(args.out) / 'calibrated.yaml'})"
+    )
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from easi3r.demo import run_demo
 
     run_demo(Path(args.out), overwrite=args.overwrite)
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from easi3r.synth import parse_size, write_synthetic_dataset
+
+    names = write_synthetic_dataset(
+        Path(args.out),
+        sequences=args.sequences,
+        frames=args.frames,
+        objects=args.objects,
+        motion=args.motion,
+        texture=args.texture,
+        size=parse_size(args.size),
+        seed=args.seed,
+        overwrite=args.overwrite,
+        log=lambda line: print(f"easi3r synth: {line}", file=sys.stderr),
+    )
+    print(f"easi3r: wrote {len(names)} sequences to {args.out}")
     return 0
 
 
@@ -217,7 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="recipe overrides")
     ev.add_argument(
-        "--dataset", "-d", required=True, help="davis, davis16, davis17, tum, dycheck, adt, sintel, bonn"
+        "--dataset",
+        "-d",
+        required=True,
+        help="davis, davis16, davis17, tum, dycheck, adt, sintel, bonn, synthetic",
     )
     ev.add_argument("--root", required=True, help="the dataset folder (layouts: docs/evaluation.md)")
     ev.add_argument("--recipe", "-r", default="easi3r_dust3r", help="recipe name or YAML path")
@@ -244,10 +311,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=_eval)
 
+    cal = sub.add_parser(
+        "calibrate", help="rank the attention statistics that separate moving objects; search a formula"
+    )
+    cal.add_argument("source", nargs="?", metavar="SOURCE", help="a folder of frames (with --masks)")
+    cal.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="recipe overrides")
+    cal.add_argument("--masks", metavar="GT_DIR", help="binary masks of SOURCE, one per frame, same order")
+    cal.add_argument("--dataset", "-d", help="or a dataset the evaluation reads (davis, synthetic, ...)")
+    cal.add_argument("--root", help="the dataset folder")
+    cal.add_argument(
+        "--sequences", help="comma-separated sequence names, or 'all' (default: the standard split)"
+    )
+    cal.add_argument("--recipe", "-r", default="easi3r_dust3r", help="recipe name or YAML path")
+    cal.add_argument("--out", "-o", required=True, help="report folder (written only when complete)")
+    cal.add_argument("--checkpoint", help="the backbone's checkpoint")
+    cal.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="overrides backbone.device")
+    cal.add_argument("--beam", type=int, default=4, help="products kept at each step of the formula search")
+    cal.add_argument("--depth", type=int, default=4, help="most factors in the searched formula")
+    cal.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    cal.set_defaults(func=_calibrate)
+
     demo = sub.add_parser("demo", help="the whole pipeline on a generated clip with the bundled tiny model")
     demo.add_argument("--out", "-o", default="easi3r-demo", help="output folder")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     demo.set_defaults(func=_demo)
+
+    synth = sub.add_parser(
+        "synth", help="write synthetic sequences with exact ground truth (masks, depth, poses, intrinsics)"
+    )
+    synth.add_argument("--out", "-o", required=True, help="output folder (written only when complete)")
+    synth.add_argument("--sequences", type=int, default=8, metavar="N", help="number of sequences")
+    synth.add_argument("--frames", type=int, default=10, metavar="N", help="frames per sequence")
+    synth.add_argument("--objects", type=int, default=2, metavar="N", help="moving objects per sequence")
+    synth.add_argument(
+        "--motion",
+        choices=["orbit", "forward", "mixed"],
+        default="orbit",
+        help="camera path; mixed alternates orbit and forward",
+    )
+    synth.add_argument(
+        "--texture",
+        choices=["pattern", "plain", "noise"],
+        default="pattern",
+        help="pattern: distinctive walls; plain: flat colours; noise: fine random cells, objects included",
+    )
+    synth.add_argument("--size", default="144x256", metavar="HxW", help="frame size in pixels")
+    synth.add_argument("--seed", type=int, default=0, help="sequence k uses seed + k")
+    synth.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    synth.set_defaults(func=_synth)
 
     view = sub.add_parser("view", help="serve a run's 4D result (points, cameras, masks) in the browser")
     view.add_argument("out", metavar="OUT", help="output folder of a run with an aligner")
@@ -296,12 +407,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # overrides may follow options (``run FRAMES -o OUT refine.k=32``): collect what argparse left over
     args, extra = parser.parse_known_args(argv)
     unknown = [item for item in extra if not OVERRIDE.match(item)]
-    if unknown or (extra and args.command not in ("run", "validate", "eval")):
+    if unknown or (extra and args.command not in ("run", "validate", "eval", "calibrate")):
         parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
     if args.command == "run":
         args.items += extra
-    elif args.command in ("validate", "eval"):
+    elif args.command in ("validate", "eval", "calibrate"):
         args.overrides += extra
+    if args.command == "calibrate" and args.source is not None and OVERRIDE.match(args.source):
+        args.overrides.insert(0, args.source)  # an override, not a frames folder: --dataset gives the frames
+        args.source = None
     try:
         return args.func(args)
     except Easi3RError as exc:

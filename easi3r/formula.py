@@ -49,14 +49,21 @@ are loaded), parses ``rule.formula`` and then:
 * on sample maps (:func:`easi3r.maps.sample_frame_maps`: seeded random attention through
   the real aggregation, so names, shapes and ranges are those of real maps, e.g. fused maps hold an exact
   0): the result must be one finite value per frame token, ``(T, NH, NW)``. ``log(src_std)``,
-  ``log(src_std - 0.5)``, ``exp(1e30 * src_mean)`` and a bare ``src_mean_raw`` are refused here.
+  ``log(src_std - 0.5)``, ``exp(1e30 * src_mean)`` and a bare ``src_mean_raw`` are refused here. The
+  samples have 2 channels where a network has many (``layer * heads + head``), so ``channel(x, i)`` wraps
+  ``i`` around them here: ``channel(src_mean_raw, 100)`` is valid for a recipe, and refused, naming the
+  valid range, when the video's maps turn out to have fewer channels.
 
 What depends on the video is checked on its own maps, right after the rule combines them and before
 refinement, thresholding or pass 2 (:meth:`Formula.check_result` in the ``formula`` rule itself):
 ``log(mean_channels(src_std_raw))`` is finite on the samples but ``-inf`` on a 2-frame video, whose frames
 have one pair per side, so a std of 0. A non-finite value is never legitimate there: the maps themselves are
 always finite (the reference's NaN std of a single pair is 0 here, ``maps.single_pair_std``), so NaN or
-inf in the rule's map comes from the formula.
+inf in the rule's map comes from the formula. Likewise ``channel(x, i)`` with ``i`` beyond the video's
+channels is refused there.
+
+The index of ``channel(x, i)`` selects, so it cannot depend on the maps: it must be written as a whole
+number >= 0 (``5``, ``5.`` or ``5e0``), which the parser checks.
 """
 
 from __future__ import annotations
@@ -111,13 +118,41 @@ def _mean_channels(x: Tensor) -> Tensor:
     return x.mean(dim=-1) if x.ndim == 4 else x
 
 
+def _channel_count(x: Tensor) -> int:
+    """The channel count of a 4-D (T, NH, NW, C) map; a ValueError (a formula error) for any other."""
+    if x.ndim != 4:
+        raise ValueError(f"channel() needs a 4-D (T, NH, NW, C) map such as src_mean_raw, got {x.ndim}-D")
+    return x.shape[-1]
+
+
+def _channel(x: Tensor, index: Tensor) -> Tensor:
+    channels, i = _channel_count(x), int(index)
+    if i >= channels:
+        raise ValueError(f"channel {i} is out of range: this map has channels 0 to {channels - 1}")
+    return x[..., i]
+
+
+def _channel_on_samples(x: Tensor, index: Tensor) -> Tensor:
+    # Sample maps have fewer channels than a real network (2 against e.g. 144), and the real count is only
+    # known once pass 1 has run: wrap the index so a channel the video has is not refused for the samples'
+    # sake. The range is checked on the video's maps (_channel).
+    return x[..., int(index) % _channel_count(x)]
+
+
 @dataclass(frozen=True)
 class FunctionSpec:
-    """One whitelisted function: parameter names (their count is the arity), implementation, one-line doc."""
+    """One whitelisted function: parameter names (their count is the arity), implementation, one-line doc.
+
+    ``index``: the position of a parameter that selects (a channel) and so must be a non-negative whole
+    number written in the formula, checked when it is parsed. ``on_samples``: the implementation used on
+    sample maps (:func:`check_rule`), when their sizes cannot stand for the video's; ``impl`` if None.
+    """
 
     params: tuple[str, ...]
     impl: Callable[..., Tensor]
     doc: str
+    index: int | None = None
+    on_samples: Callable[..., Tensor] | None = None
 
     def signature(self, name: str) -> str:
         """``name(p1, p2)``, as shown in docs and error messages."""
@@ -127,6 +162,13 @@ class FunctionSpec:
 FUNCTIONS: Mapping[str, FunctionSpec] = MappingProxyType(
     {
         "abs": FunctionSpec(("x",), torch.abs, "absolute value"),
+        "channel": FunctionSpec(
+            ("x", "i"),
+            _channel,
+            "channel i (a whole number >= 0, c = layer * heads + head) of a 4-D (T, NH, NW, C) map",
+            index=1,
+            on_samples=_channel_on_samples,
+        ),
         "clip": FunctionSpec(
             ("x", "lo", "hi"),
             lambda x, lo, hi: torch.minimum(torch.maximum(x, lo), hi),
@@ -484,7 +526,20 @@ class _Parser:
                 f"{spec.signature(name.text)} takes {len(spec.params)} argument"
                 f"{'' if len(spec.params) == 1 else 's'} but {len(args)} were given",
             )
+        if spec.index is not None:
+            self._check_index(f"{spec.signature(name.text)}: {spec.params[spec.index]}", args[spec.index])
         return Call(name.text, tuple(args), name.col)
+
+    def _check_index(self, what: str, arg: Node) -> None:
+        """An index selects a channel: it cannot depend on the maps, so it must be a literal whole number."""
+        if isinstance(arg, Number) and arg.value.is_integer():
+            return
+        if isinstance(arg, Unary) and arg.op == "-" and isinstance(arg.operand, Number):
+            width = arg.operand.col + arg.operand.width - arg.col  # mark the sign and the number
+            raise _error(self.source, arg.col, width, f"{what} must not be negative")
+        raise _error(
+            self.source, arg.col, _width(arg), f"{what} must be a whole number written out, such as 5"
+        )
 
     def _expect_close(self, opening: _Token) -> None:
         token = self._next()
@@ -519,11 +574,20 @@ _COMPARE_OPS: Mapping[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 
 class _Evaluator:
-    def __init__(self, source: str, values: Mapping[str, Tensor], dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        source: str,
+        values: Mapping[str, Tensor],
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        samples: bool = False,
+    ):
         self.source = source
         self.values = values
         self.dtype = dtype
         self.device = device
+        self.samples = samples  # sample maps: functions use their on_samples implementation
 
     def _fail(self, node: Node, message: str) -> FormulaError:
         return _error(self.source, node.col, _width(node), message)
@@ -546,7 +610,9 @@ class _Evaluator:
                 if node.op in _LOGICAL:
                     return _LOGICAL[node.op](*operands).to(self.dtype)
                 return _ARITHMETIC[node.op](*operands)
-            return FUNCTIONS[node.func].impl(*operands)
+            spec = FUNCTIONS[node.func]
+            impl = spec.on_samples if self.samples and spec.on_samples is not None else spec.impl
+            return impl(*operands)
         except (RuntimeError, TypeError, ValueError) as exc:
             # Torch reports shape mismatches, bad dtypes and empty reductions this way; keep its first line.
             shapes = " and ".join(str(tuple(t.shape)) for t in operands)
@@ -645,6 +711,9 @@ class Formula:
 
     def evaluate(self, maps: Mapping[str, Tensor | float]) -> Tensor:
         """Evaluate on named maps (tensors or plain numbers); raises :class:`FormulaError` on any problem."""
+        return self._evaluate(maps, samples=False)
+
+    def _evaluate(self, maps: Mapping[str, Tensor | float], *, samples: bool) -> Tensor:
         self._check_names(maps)
         used = {node.name: maps[node.name] for node in self._name_nodes()}
         for name, value in used.items():
@@ -664,7 +733,7 @@ class Formula:
             else torch.tensor(float(value), dtype=dtype, device=device)
             for name, value in used.items()
         }
-        return _Evaluator(self.source, values, dtype, device).value_of(self.root)
+        return _Evaluator(self.source, values, dtype, device, samples=samples).value_of(self.root)
 
 
 def parse(text: str) -> Formula:
@@ -684,10 +753,15 @@ def parse(text: str) -> Formula:
 def check_rule(text: str, maps: Mapping[str, Tensor], shape: Sequence[int]) -> Formula:
     """Parse a mask formula and refuse one that cannot give a finite per-frame map, before a run pays for
     frames and weights: :meth:`Formula.check_static`, then an evaluation on ``maps``, sample maps with the
-    names, shapes and value ranges of the real ones, whose result must be a finite map of ``shape``."""
+    names, shapes and value ranges of the real ones, whose result must be a finite map of ``shape``.
+
+    Sample maps have fewer channels than a network, so ``channel(x, i)`` wraps ``i`` around their count
+    here; whether the video's maps have channel ``i`` is checked when the rule reads them."""
     formula = parse(text)
     formula.check_static(maps)
-    formula.check_result(formula.evaluate(maps), shape, on="on sample maps made like real ones")
+    formula.check_result(
+        formula._evaluate(maps, samples=True), shape, on="on sample maps made like real ones"
+    )
     return formula
 
 

@@ -70,7 +70,7 @@ def load_frames(
         if not path.exists():
             raise FrameError(f"{path}: no such file or folder")
         if path.is_dir():
-            files = _list_folder(path)
+            files = list_images(path)
             label = str(path)
         elif path.suffix.lower() in VIDEO_EXTENSIONS:
             return _load_video(path, size, crop, square_ok, stride, max_frames)
@@ -152,7 +152,8 @@ def _extensions(exts: frozenset[str]) -> str:
     return "/".join(sorted(e.lstrip(".") for e in exts))
 
 
-def _list_folder(folder: Path) -> list[Path]:
+def list_images(folder: Path) -> list[Path]:
+    """The image files of ``folder`` in sorted order (the order frames are read in); hidden files skipped."""
     try:
         names = os.listdir(folder)
     except OSError as exc:

@@ -6,6 +6,11 @@ pinhole camera follows a smooth trajectory ("orbit" around the room centre, or "
 Every frame is ray-cast at any size: RGB, z-depth, world points and dynamic masks (pixels that see a
 moving object). :func:`pair_predictions` turns a scene into DUSt3R-style pair outputs, perfect or perturbed.
 
+``texture`` sets how hard the frames are to match: "pattern" (checkerboards and bands on the walls, stripes
+on the objects: every patch distinctive), "plain" (one flat colour per face and object: only edges and
+colour boundaries to match), or "noise" (fine random cells everywhere, objects included: dense detail, and
+objects that blend into the busy walls).
+
 Conventions are those of :mod:`easi3r.geometry` (OpenCV cameras, camera-to-world poses, principal point at
 (W/2, H/2)); the world's y axis points down, so the floor is at y = +``floor``.
 """
@@ -22,7 +27,9 @@ from torch import Tensor
 from easi3r.geometry import Scene
 from easi3r.types import PairPredictions
 
-__all__ = ["MovingObject", "SyntheticScene", "make_scene", "pair_predictions"]
+__all__ = ["TEXTURES", "MovingObject", "SyntheticScene", "make_scene", "pair_predictions"]
+
+TEXTURES = ("pattern", "plain", "noise")
 
 _ROOM_COLOURS = np.array(
     [  # one base colour per face: -x, +x, -y (ceiling), +y (floor), -z, +z
@@ -100,17 +107,21 @@ def make_scene(
     fov_deg: float = 60.0,
     room: float = 8.0,
     seed: int = 0,
+    texture: str = "pattern",
 ) -> SyntheticScene:
     """Render a clip of ``n_frames`` frames of ``size`` = (H, W).
 
     ``fov_deg`` is the horizontal field of view; ``room`` the side of the square room (height 0.5·room);
     ``motion`` is "orbit" (an arc of 70° around the centre, looking inwards) or "forward" (a walk along the
     room with a gentle sway). Objects alternate sphere / box, with trajectories drawn from ``seed``.
+    ``texture`` is one of :data:`TEXTURES`; it changes colours only, never geometry, masks or poses.
     """
     if n_frames < 1 or min(size) < 1:
         raise ValueError(f"need at least one frame of at least 1×1 pixels, got {n_frames} × {size}")
     if motion not in ("orbit", "forward"):
         raise ValueError(f"motion must be 'orbit' or 'forward', got {motion!r}")
+    if texture not in TEXTURES:
+        raise ValueError(f"texture must be one of {', '.join(TEXTURES)}, got {texture!r}")
     rng = np.random.default_rng(seed)
     height, width = size
     focal = width / 2 / math.tan(math.radians(fov_deg) / 2)
@@ -130,7 +141,7 @@ def make_scene(
         origin = pose[:3, 3]
         # ray directions with unit z in the camera: the ray parameter is then the z-depth itself
         dirs = rays_cam.reshape(-1, 3) @ pose[:3, :3].T
-        frame_rgb, frame_t, frame_dyn = _trace(origin, dirs, room_lo, room_hi, objects, t)
+        frame_rgb, frame_t, frame_dyn = _trace(origin, dirs, room_lo, room_hi, objects, t, texture)
         rgb.append(frame_rgb.reshape(height, width, 3))
         depth.append(frame_t.reshape(height, width))
         pts.append((origin + frame_t[:, None] * dirs).reshape(height, width, 3))
@@ -241,20 +252,45 @@ def _random_object(index: int, rng: np.random.Generator, room: float) -> MovingO
     return MovingObject(kind, size, start, velocity, wobble, float(rng.uniform(-2, 2)), colour)
 
 
-def _room_texture(face: np.ndarray, hit: np.ndarray, room: float) -> np.ndarray:
-    """Per-face colour times a checkerboard and diagonal bands, so every wall patch is distinctive."""
+def _room_texture(face: np.ndarray, hit: np.ndarray, room: float, texture: str) -> np.ndarray:
+    """Per-face colour times a shade; "pattern" (a checkerboard and diagonal bands) makes every wall
+    patch distinctive."""
     u = hit[:, [1, 1, 0, 0, 0, 0]][np.arange(len(face)), face]  # an in-plane coordinate per face
     v = hit[:, [2, 2, 2, 2, 1, 1]][np.arange(len(face)), face]
-    cell = room / 10
-    checker = (np.floor(u / cell) + np.floor(v / cell)) % 2
-    bands = 0.5 + 0.5 * np.sin(2.3 * u + 1.7 * v + face)
-    shade = 0.45 + 0.35 * checker + 0.2 * bands
+    if texture == "plain":
+        shade = np.full(len(face), 0.8)
+    elif texture == "noise":
+        cell = room / 40
+        shade = 0.35 + 0.65 * _cell_noise(np.floor(u / cell), np.floor(v / cell), face)
+    else:
+        cell = room / 10
+        checker = (np.floor(u / cell) + np.floor(v / cell)) % 2
+        bands = 0.5 + 0.5 * np.sin(2.3 * u + 1.7 * v + face)
+        shade = 0.45 + 0.35 * checker + 0.2 * bands
     return _ROOM_COLOURS[face] * shade[:, None]
 
 
-def _object_texture(obj: MovingObject, local: np.ndarray) -> np.ndarray:
+def _object_texture(obj: MovingObject, local: np.ndarray, texture: str) -> np.ndarray:
+    """The object's colour times a shade in its own frame, so the texture moves with it."""
+    if texture == "plain":
+        return np.broadcast_to(obj.colour, local.shape).copy()
+    if texture == "noise":
+        # cells about as fine as the walls' on screen, so that the object blends into them
+        cells = np.floor(local / (obj.size.max() / 5))
+        return obj.colour * (0.35 + 0.65 * _cell_noise(*cells.T))[:, None]
     stripes = 0.6 + 0.4 * np.sign(np.sin(8 * local[:, 0] / obj.size.max() + 3 * local[:, 1]))
     return obj.colour * stripes[:, None]
+
+
+def _cell_noise(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """A value in [0, 1] per integer cell (a, b, c), by an integer hash: the same on every machine, and
+    drawing nothing from the scene's random generator (so textures never change the geometry)."""
+    keys = [np.asarray(x).astype(np.int64).astype(np.uint64) for x in (a, b, c)]
+    h = keys[0] * np.uint64(73856093) ^ keys[1] * np.uint64(19349663) ^ keys[2] * np.uint64(83492791)
+    h ^= h >> np.uint64(29)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(32)
+    return (h & np.uint64(0xFFFF)).astype(np.float64) / 0xFFFF
 
 
 def _trace(
@@ -264,6 +300,7 @@ def _trace(
     room_hi: np.ndarray,
     objects: list[MovingObject],
     t: float,
+    texture: str,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nearest hit along each ray (origin + s·dir, s > 0): colour, s, and whether it is a moving object."""
     # the room is seen from inside: each ray leaves through the nearest of the three faces it heads to
@@ -273,7 +310,7 @@ def _trace(
     axis = exit_s.argmin(1)
     best = exit_s[np.arange(len(dirs)), axis]
     face = 2 * axis + (dirs[np.arange(len(dirs)), axis] > 0)
-    colour = _room_texture(face, origin + best[:, None] * dirs, room_hi[0] - room_lo[0])
+    colour = _room_texture(face, origin + best[:, None] * dirs, room_hi[0] - room_lo[0], texture)
     dynamic = np.zeros(len(dirs), dtype=bool)
     for obj in objects:
         rot, centre = obj.pose(t)
@@ -287,7 +324,7 @@ def _trace(
         )
         closer = s < best
         best = np.where(closer, s, best)
-        colour[closer] = _object_texture(obj, o_local + s[closer, None] * d_local[closer])
+        colour[closer] = _object_texture(obj, o_local + s[closer, None] * d_local[closer], texture)
         dynamic |= closer
     return np.clip(colour, 0, 1), best, dynamic
 

@@ -175,6 +175,13 @@ def _flipped_cache(tmp: Path) -> None:
     chunk.write_bytes(bytes(data))
 
 
+# a 16×16 binary mask PNG (all static)
+_MASK_PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000100000001008000000003a98a0bd0000000e4944415478da6360"
+    "1805a360140000031000010a6f9a5c0000000049454e44ae426082"
+)
+
+
 def _write(name: str, content: str | bytes) -> Callable[[Path], None]:
     def setup(tmp: Path) -> None:
         path = tmp / name
@@ -356,6 +363,28 @@ CASES: list[Case] = [
         "the run cache path exists and is not a folder",
         _write("file", "x"),
     ),
+    # --- calibration ---------------------------------------------------------------------------------
+    Case(
+        "calibration",
+        "calibrate with no frames",
+        ("calibrate", "-o", "{tmp}/out", "--recipe", "tiny"),
+        "give either SOURCE --masks GT_DIR",
+    ),
+    Case(
+        "calibration",
+        "calibrate without --masks",
+        ("calibrate", "{frames}", "-o", "{tmp}/out", "--recipe", "tiny"),
+        "--masks GT_DIR is needed",
+    ),
+    Case(
+        "calibration",
+        "fewer masks than frames",
+        ("calibrate", "{frames}", "--masks", "{tmp}/m", "-o", "{tmp}/out", "--recipe", "tiny"),
+        "1 masks for the 12 frames",
+        _write("m/0.png", _MASK_PNG),
+    ),
+    Case("calibration", "synth --frames 1", ("synth", "-o", "{tmp}/out", "--frames", "1"), "frames"),
+    Case("calibration", "synth --size 0x5", ("synth", "-o", "{tmp}/out", "--size", "0x5"), "size"),
     # --- the command line --------------------------------------------------------------------------
     Case("command line", "unknown command", ("nosuch",), "invalid choice: 'nosuch'"),
     Case("command line", "--device tpu", (*RUN, "--device", "tpu"), "argument --device: invalid choice"),

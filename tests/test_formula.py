@@ -11,8 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
+from easi3r.cli import main
 from easi3r.errors import FormulaError
-from easi3r.formula import EASI3R_RULE, FUNCTIONS, MAX_DEPTH, MAX_LENGTH, Formula, evaluate, parse
+from easi3r.formula import EASI3R_RULE, FUNCTIONS, MAX_DEPTH, MAX_LENGTH, Formula, check_rule, evaluate, parse
+from easi3r.maps import sample_frame_maps
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "net" / "reference.safetensors"
 SHAPE = (5, 9, 16)
@@ -147,6 +149,7 @@ def test_every_function() -> None:
     maps = {"x": x, "y": y, "feats": feats}
     expected = {
         "abs(x)": x.abs(),
+        "channel(feats, 1)": feats[..., 1],
         "clip(x, 0, 2)": x.clamp(0, 2),
         "exp(x)": x.exp(),
         "frame_minmax(x)": torch.stack([(f - f.min()) / (f.max() - f.min() + 1e-6) for f in x]),
@@ -172,6 +175,75 @@ def test_frame_minmax_on_channel_maps_uses_all_axes_but_the_first() -> None:
     for t in range(3):
         f = feats[t]
         assert torch.allclose(result[t], (f - f.min()) / (f.max() - f.min() + 1e-6))
+
+
+# channel c = layer * heads + head of a raw (T, NH, NW, C) map; the index is a literal whole number.
+@pytest.mark.parametrize("index", ["0", "4", "5", "5.", "5e0", "5.0"])
+def test_channel_selects_one_channel_of_a_raw_map(index: str) -> None:
+    raw = torch.rand(3, 4, 5, 6)
+    result = evaluate(f"channel(raw, {index})", {"raw": raw})
+    assert result.shape == (3, 4, 5)
+    assert torch.equal(result, raw[..., int(float(index))])
+
+
+def test_channel_combines_like_any_map() -> None:
+    raw = torch.rand(2, 3, 4, 6)
+    result = evaluate("frame_minmax(minmax(channel(raw, 2)) * (1 - minmax(channel(raw, 5))))", {"raw": raw})
+    a, b = raw[..., 2], raw[..., 5]
+    expected = _frame_minmax_by_hand(
+        ((a - a.min()) / (a.max() - a.min() + 1e-6)) * (1 - (b - b.min()) / (b.max() - b.min() + 1e-6))
+    )
+    assert torch.allclose(result, expected)
+
+
+def _frame_minmax_by_hand(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([(f - f.min()) / (f.max() - f.min() + 1e-6) for f in x])
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "fragment"),
+    [
+        ("channel(raw, 1.5)", 14, "channel(x, i): i must be a whole number written out, such as 5: "
+         "channel(raw, [[1.5]])"),
+        ("channel(raw, -1)", 14, "channel(x, i): i must not be negative: channel(raw, [[-1]])"),
+        ("channel(raw, 1e400)", 14, "i must be a whole number"),  # inf is not a whole number
+        ("channel(raw, raw)", 14, "i must be a whole number"),  # an index cannot depend on the maps
+        ("channel(raw, 1 + 1)", 16, "i must be a whole number"),
+        ("channel(raw, 6)", 1, "cannot apply channel() to operands of shape (2, 3, 4, 6) and (): channel 6 is "
+         "out of range: this map has channels 0 to 5: [[channel]](raw, 6)"),
+        ("channel(fused, 0)", 1, "channel() needs a 4-D (T, NH, NW, C) map such as src_mean_raw, got 3-D"),
+        ("channel(2, 0)", 1, "got 0-D"),
+    ],
+)  # fmt: skip
+def test_channel_errors_name_the_column_and_the_valid_range(text: str, column: int, fragment: str) -> None:
+    message = _error(text, {"raw": torch.rand(2, 3, 4, 6), "fused": torch.rand(2, 3, 4)})
+    assert f"at column {column}:" in message
+    assert fragment in message, message
+
+
+def test_channel_beyond_the_sample_maps_validates_and_is_checked_on_the_video(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The sample maps have 2 channels; the tiny network 3 layers x 3 heads = 9: channel 5 is valid for a
+    # recipe, and so is 100, which only the video's maps can refuse.
+    for index in (5, 100):
+        assert (
+            main(["validate", "tiny", f"rule.formula=frame_minmax(minmax(channel(src_mean_raw, {index})))"])
+            == 0
+        )
+        assert "is valid" in capsys.readouterr().out
+    sample = sample_frame_maps().maps
+    check_rule("channel(src_std_raw, 100)", sample, sample["src_mean"].shape)
+    video = {**sample, "src_std_raw": torch.rand(3, 4, 5, 9)}
+    assert _error("channel(src_std_raw, 9)", video).endswith(
+        "channel 9 is out of range: this map has channels 0 to 8: [[channel]](src_std_raw, 9)"
+    )
+
+
+def test_validate_refuses_a_bad_channel_index_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "tiny", "rule.formula=channel(src_mean_raw, 2.5)"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "i must be a whole number" in err, err
 
 
 def test_function_table_documents_itself() -> None:

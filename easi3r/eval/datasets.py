@@ -23,6 +23,8 @@ sintel     ``<root>/final/<seq>/frame_*.png``, ``<root>/camdata_left/<seq>/frame
 bonn       ``<root>/rgbd_bonn_<seq>/{rgb_110/*.png, groundtruth_110.txt, depth_110/*.png}``
            (frames 30–139 of each sequence, as MonST3R's ``prepare_bonn.py`` cuts them); MonST3R's
            5 sequences; run uncropped like MonST3R's video-depth protocol.
+synthetic  ``<root>/<seq>/{rgb/*.png, masks/*.png, depth/*.npy, poses.txt, intrinsics.txt}``, as
+           ``easi3r synth`` writes it (:mod:`easi3r.synth`): every ground truth, exact.
 =========  =======================================================================================
 
 Ground-truth conventions: poses are camera-to-world ``(T, 4, 4)`` float64 (the ``w2c`` of the JSON
@@ -363,6 +365,38 @@ class BonnReader(DatasetReader):
         )
 
 
+class SyntheticReader(DatasetReader):
+    """Rendered sequences from ``easi3r synth``: masks, poses, depth and intrinsics, all exact."""
+
+    label = "synthetic"
+    layout = (
+        "<root>/<sequence>/{rgb/*.png, masks/*.png, depth/*.npy, poses.txt ('t tx ty tz qx qy qz qw' per "
+        "frame), intrinsics.txt (9 numbers per frame)}, as 'easi3r synth' writes it"
+    )
+
+    def available(self, root: Path) -> list[str]:
+        return self._subfolders_with(root, "rgb")
+
+    def load(self, root: Path, name: str) -> Sequence:
+        folder = root / name
+        frames = self._files(folder / "rgb", ".png", name)
+        masks = self._files(folder / "masks", ".png", name)
+        depth = self._files(folder / "depth", ".npy", name)
+        for files, what in ((masks, "masks/*.png"), (depth, "depth/*.npy")):
+            if [p.stem for p in files] != [p.stem for p in frames]:
+                raise Easi3RError(
+                    f"synthetic sequence {name}: {what} names do not match rgb/*.png names "
+                    f"({len(files)} and {len(frames)} files)"
+                )
+        _, poses = read_tum(folder / "poses.txt")
+        self._same_count(name, frames, poses, "poses in poses.txt")
+        intrinsics = _read_intrinsics_rows(folder / "intrinsics.txt")
+        self._same_count(name, frames, intrinsics, "matrices in intrinsics.txt")
+        return Sequence(
+            name=name, frames=frames, gt_masks=masks, gt_poses=poses, gt_depth=depth, gt_intrinsics=intrinsics
+        )
+
+
 DATASETS: dict[str, DatasetReader] = {
     "davis": DavisReader(),
     "davis16": DavisReader(DAVIS16_VAL),
@@ -372,6 +406,7 @@ DATASETS: dict[str, DatasetReader] = {
     "adt": AdtReader(),
     "sintel": SintelReader(),
     "bonn": BonnReader(),
+    "synthetic": SyntheticReader(),
 }
 
 
@@ -454,6 +489,17 @@ def _check_sintel_tag(f, path: str | os.PathLike[str]) -> None:
     tag = np.fromfile(f, dtype="<f4", count=1)
     if tag.size != 1 or tag[0] != np.float32(_SINTEL_TAG):
         raise Easi3RError(f"{os.fspath(path)}: not a Sintel file (bad tag)")
+
+
+def _read_intrinsics_rows(path: Path) -> NDArray[np.float64]:
+    """``(T, 3, 3)`` from a text file of one row-major 3×3 matrix (9 numbers) per line."""
+    try:
+        values = np.loadtxt(path, ndmin=2, dtype=np.float64)
+    except (OSError, ValueError) as exc:
+        raise Easi3RError(f"{path}: cannot read intrinsics ({type(exc).__name__}: {exc})") from None
+    if values.shape[0] == 0 or values.shape[1] != 9:
+        raise Easi3RError(f"{path}: expected 9 numbers (a 3x3 matrix) per line, got shape {values.shape}")
+    return values.reshape(-1, 3, 3)
 
 
 def _read_camera_json(path: Path) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
