@@ -5,10 +5,13 @@ Imports nothing heavy at module import: the network is built only when a factory
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from easi3r.hookspecs import hookimpl
+
+logger = logging.getLogger(__name__)
 
 RANDOM = "random"  # backbone.checkpoint value that asks for seeded random weights (tests, benchmarks)
 
@@ -41,6 +44,16 @@ def build_backbone(
         if preset not in PRESETS:
             raise CheckpointError(f"unknown backbone preset {preset!r}; known: {', '.join(PRESETS)}")
         spec = PRESETS[preset]
+        if checkpoint == RANDOM or spec.bundled is not None:  # every bundled preset's weights are random
+            # a run on them looks like any other run, and its masks look plausible: say so on every run
+            where = "seeded" if checkpoint == RANDOM else "bundled"
+            logger.warning(
+                "backbone %r preset %r has random test weights (%s): its masks and geometry mean nothing; "
+                "give --checkpoint",
+                family,
+                preset,
+                where,
+            )
         if checkpoint == RANDOM:
             torch.manual_seed(seed)
             model = CroCoStereo(**spec.constructor)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import json
+import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from easi3r.errors import Easi3RError
 from easi3r.estimate import available_memory, estimate_run
 from easi3r.execution import Execution, open_streamed
 from easi3r.frames import load_frames
+from easi3r.logs import held_until_success
 from easi3r.outputs import claim_output_dir, staged_output_dir
 from easi3r.pipeline import RunResult, Stages, pair_graph
 from easi3r.pipeline import run as run_pipeline
@@ -31,11 +33,15 @@ from easi3r.recipes import (
     resolved_recipe_yaml,
     validate_recipe,
 )
+from easi3r.timing import Timings, recording, stage
 from easi3r.types import Frames, PairPredictions
+from easi3r.user_masks import UserMasks, read_user_masks
 from easi3r.windows import alignment_windows
 
 if TYPE_CHECKING:
     from easi3r.contracts import Exporter
+
+logger = logging.getLogger(__name__)
 
 
 def run(
@@ -50,6 +56,8 @@ def run(
     keep_cache: bool = False,
     ranks: Ranks | None = None,
     log: Callable[[str], None] | None = None,
+    masks: str | Path | None = None,
+    masks_final: bool = False,
 ) -> RunResult:
     """Load frames from ``source`` (folder, file list or video), run the recipe and, if ``out_dir`` is
     given, write every output there (the folder appears only when the run succeeded).
@@ -61,10 +69,13 @@ def run(
     ``cache_dir`` (default ``OUT.cache`` beside ``out_dir``, else a temporary folder), which is removed
     once the outputs are written unless ``keep_cache``; ``resume`` continues the run a crash left in that
     cache. ``ranks`` (the processes of a ``torchrun`` job) share the pairs; rank 0 writes the outputs.
-    ``log`` receives the memory estimate line (default: standard error).
+    ``log`` receives the memory estimate line (default: this module's logger). ``masks`` is a folder of the
+    user's own masks, one per source frame, that replace the attention masks of pass 1 (and, with
+    ``masks_final``, the final ones too; :mod:`easi3r.user_masks`). Each stage is logged as it starts and
+    ends; the time and peak memory of each are logged at the end and written as ``timings.json``.
     """
     ranks = ranks or Ranks()
-    log = log or (lambda line: print(f"easi3r: {line}", file=sys.stderr))
+    log = log or logger.info
     if isinstance(recipe, DictConfig):
         cfg = recipe.copy()
         apply_overrides(cfg, overrides)
@@ -74,6 +85,7 @@ def run(
     check_device(str(cfg.backbone.device))
     # what the run holds (the output folder's lock, the cache's lock, a throw-away cache) until it ends
     with contextlib.ExitStack() as held:
+        timings = held.enter_context(recording())
         if out_dir is not None:
 
             def claim() -> None:  # before the frames are read: a second run is refused at once
@@ -81,10 +93,26 @@ def run(
 
             ranks.check_on_main(claim)
         f = cfg.frames
-        frames = load_frames(
-            source, size=f.size, crop=f.crop, square_ok=f.square_ok, stride=f.stride, max_frames=f.max_frames
-        )
-        stages = Stages.from_recipe(cfg)
+        # at DEBUG: a bad input or checkpoint fails here, and its error stays the only line the run prints
+        with stage("load frames", level=logging.DEBUG):
+            frames = load_frames(
+                source,
+                size=f.size,
+                crop=f.crop,
+                square_ok=f.square_ok,
+                stride=f.stride,
+                max_frames=f.max_frames,
+            )
+        user_masks = None
+        if masks is not None:
+            if not cfg.passes.masks:
+                raise Easi3RError(
+                    "--masks replaces the attention masks, but this recipe derives none (passes.masks)"
+                )
+            user_masks = UserMasks(read_user_masks(masks, source, frames, cfg.frames), final=masks_final)
+        # its warnings (random weights) wait for success: a recipe error found here stays the only line
+        with stage("build backbone", level=logging.DEBUG), held_until_success():
+            stages = Stages.from_recipe(cfg)
         pairs = pair_graph(cfg, len(frames))
         cache_root = Path(cache_dir) if cache_dir is not None else None
         if cache_root is None and out_dir is not None:
@@ -104,12 +132,14 @@ def run(
                 held=held,
                 log=log,
             )
-        result = run_pipeline(cfg, frames, stages, pairs=pairs, execution=execution)
+        result = run_pipeline(cfg, frames, stages, pairs=pairs, execution=execution, user_masks=user_masks)
         if ranks.is_main:
             if out_dir is not None:
-                _write(result, out_dir, overwrite)
+                _write(result, out_dir, overwrite, timings)
             if execution.cache is not None and not keep_cache:
                 execution.cache.remove()
+            for line in timings.summary():
+                logger.info(line)
         ranks.barrier()  # no rank leaves while rank 0 still reads the cache the ranks share
     return result
 
@@ -149,9 +179,12 @@ def _streams(
     return bool(stream)
 
 
-def _write(result: RunResult, out_dir: str | Path, overwrite: bool) -> None:
+def _write(result: RunResult, out_dir: str | Path, overwrite: bool, timings: Timings) -> None:
     with staged_output_dir(out_dir, overwrite=overwrite) as staging:
-        write_outputs(result, staging)
+        with stage("write outputs"):
+            write_outputs(result, staging)
+        # last, so that it holds the writing too; times differ from run to run, the other outputs do not
+        (staging / "timings.json").write_text(json.dumps(timings.to_json(), indent=2) + "\n")
     get_plugin_manager().hook.easi3r_run_end(result=result, out_dir=Path(out_dir))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import zlib
@@ -39,6 +40,8 @@ from easi3r.types import PairPredictions
 from easi3r.writers import save_safetensors
 
 __all__ = ["PREDICTION_KEYS", "RunCache", "StoredPredictions", "checksum", "fingerprint"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 PREDICTION_KEYS = ("pts3d_1", "conf_1", "pts3d_2", "conf_2")
@@ -125,7 +128,7 @@ class RunCache:
                 )
             for stale in self.root.rglob(".*.tmp-*"):  # half-written files of the killed run
                 stale.unlink()
-            self._drop_damaged(log or (lambda line: None))
+            self._drop_damaged(log or logger.info)
         else:
             if self.root.exists() and any(self.root.iterdir()) and not manifest.is_file():
                 raise Easi3RError(

@@ -5,6 +5,7 @@
     easi3r calibrate (FRAMES --masks GT_DIR | --dataset NAME --root PATH) -o OUT [--recipe NAME] [key=value ...]
     easi3r synth -o OUT [--sequences N] [--frames N] [--objects N] [--motion M] [--texture T] [--size HxW]
     easi3r demo [-o OUT]
+    easi3r app [--port 7860] [--host 127.0.0.1] [--work-dir DIR]
     easi3r view OUT [--port 8080] [--host 127.0.0.1] [--max-points-per-frame N] [--min-conf C]
     easi3r plugins | recipes [NAME] | validate RECIPE [key=value ...] | convert SRC.pth DST_DIR
 
@@ -24,6 +25,7 @@ from typing import NoReturn
 
 from easi3r import __version__
 from easi3r.errors import Easi3RError, one_line
+from easi3r.logs import LEVELS, log_to_stderr
 
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe override key=value
 
@@ -37,6 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = [item for item in args.items if OVERRIDE.match(item)]
     if not sources:
         raise Easi3RError("no frames given: pass a folder, image files or a video before the overrides")
+    if args.masks_final and args.masks is None:
+        raise Easi3RError("--masks-final needs --masks DIR, the masks to use")
     if args.checkpoint is not None:
         overrides.append(f"backbone.checkpoint={args.checkpoint}")
     if args.device is not None:
@@ -57,6 +61,8 @@ def _run(args: argparse.Namespace) -> int:
             cache_dir=args.cache,
             keep_cache=args.keep_cache,
             ranks=ranks,
+            masks=args.masks,
+            masks_final=args.masks_final,
         )
     if not ranks.is_main:
         return 0
@@ -91,7 +97,6 @@ def _eval(args: argparse.Namespace) -> int:
         args.mask_convention,
         depth_align=args.depth_align,
         overwrite=args.overwrite,
-        log=lambda line: print(f"easi3r eval: {line}", file=sys.stderr),
     )
     scored = len(summary.sequences) - len(summary.failed)
     print(
@@ -171,7 +176,6 @@ def _synth(args: argparse.Namespace) -> int:
         size=parse_size(args.size),
         seed=args.seed,
         overwrite=args.overwrite,
-        log=lambda line: print(f"easi3r synth: {line}", file=sys.stderr),
     )
     print(f"easi3r: wrote {len(names)} sequences to {args.out}")
     return 0
@@ -193,6 +197,13 @@ def _view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    from easi3r.app import serve
+
+    serve(host=args.host, port=args.port, work_dir=args.work_dir)
+    return 0
+
+
 def _plugins(args: argparse.Namespace) -> int:
     from easi3r.plugins import describe_plugins
 
@@ -201,11 +212,16 @@ def _plugins(args: argparse.Namespace) -> int:
         print(f"{plugin['name']}  ({plugin['distribution']} {plugin['version']})  {plugin['status']}")
         if provides:
             print(f"    {provides}")
+        if args.verbosity == "verbose":
+            for folder in plugin["recipe_dirs"]:
+                print(f"    recipes: {folder}")
+            if plugin["fragments"]:
+                print(f"    schema fragments: {', '.join(plugin['fragments'])}")
     return 0
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from easi3r.recipes import available_recipes, load_recipe
+    from easi3r.recipes import available_recipes, load_recipe, recipe_description
 
     if args.reference:
         from easi3r.reference import reference_markdown
@@ -214,7 +230,7 @@ def _recipes(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         for name, path in available_recipes().items():
-            print(f"{name:24s} {path}")
+            print(f"{name:18s} {recipe_description(path)}\n{'':18s} ({path})")
         return 0
     from omegaconf import OmegaConf
 
@@ -274,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--cache", help="run cache folder for streamed pair outputs (default: OUT.cache)")
     run.add_argument("--keep-cache", action="store_true", help="keep the run cache after a successful run")
+    run.add_argument(
+        "--masks",
+        metavar="DIR",
+        help="your own masks, one per frame: they replace the pass-1 attention masks",
+    )
+    run.add_argument(
+        "--masks-final", action="store_true", help="with --masks: they also replace the final masks"
+    )
     run.set_defaults(func=_run)
 
     ev = sub.add_parser(
@@ -379,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     view.set_defaults(func=_view)
 
+    app = sub.add_parser("app", help="a web page to run recipes on uploaded videos (needs easi3r[app])")
+    app.add_argument("--port", type=int, default=7860)
+    app.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    app.add_argument(
+        "--work-dir", type=Path, metavar="DIR", help="the runs' folders (default: a temporary one)"
+    )
+    app.set_defaults(func=_app)
+
     sub.add_parser("plugins", help="list installed plug-ins and what they provide").set_defaults(
         func=_plugins
     )
@@ -399,7 +431,30 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("src")
     convert.add_argument("dst")
     convert.set_defaults(func=_convert)
+    for command in sub.choices.values():  # on each command, so that they may follow it: `run ... -q`
+        _add_verbosity(command)
     return parser
+
+
+def _add_verbosity(command: argparse.ArgumentParser) -> None:
+    group = command.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const="verbose",
+        default="normal",
+        help="log debugging detail too",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const="quiet",
+        help="log only warnings (errors and the final 'easi3r: wrote ...' line are printed still)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -416,6 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "calibrate" and args.source is not None and OVERRIDE.match(args.source):
         args.overrides.insert(0, args.source)  # an override, not a frames folder: --dataset gives the frames
         args.source = None
+    log_to_stderr(LEVELS[args.verbosity])
     try:
         return args.func(args)
     except Easi3RError as exc:

@@ -7,6 +7,7 @@ every stage and writes every file, but its masks mean nothing. Real results need
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import imageio.v3 as iio
 import numpy as np
 
 from easi3r.api import run
+from easi3r.outputs import check_output_dir
+
+logger = logging.getLogger(__name__)
 
 DEMO_FRAMES = 8
 DEMO_SIZE = (144, 256)  # (H, W): the tiny model's golden configuration
@@ -30,9 +34,10 @@ def write_demo_video(path: Path, n_frames: int = DEMO_FRAMES, size: tuple[int, i
 
 
 def run_demo(out_dir: Path, *, overwrite: bool = False) -> None:
+    check_output_dir(out_dir, overwrite=overwrite)  # before rendering anything
     with tempfile.TemporaryDirectory(prefix="easi3r-demo-") as tmp:
         video = write_demo_video(Path(tmp) / "demo.mp4")
-        print(f"easi3r demo: rendered a {DEMO_FRAMES}-frame clip, running recipe 'tiny' on the bundled model")
+        logger.info("rendered a %d-frame clip, running recipe 'tiny' on the bundled model", DEMO_FRAMES)
         result = run(video, "tiny", out_dir, overwrite=overwrite)
     masks = result.masks
     share = 100 * float(masks.masks.float().mean()) if masks is not None else 0.0

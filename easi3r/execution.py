@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -37,6 +38,8 @@ from easi3r.types import DynamicMasks, Encoded, Frames, PairAttention, PairOutpu
 from easi3r.windows import align_in_windows, alignment_windows
 
 __all__ = ["Execution", "chunk_bounds", "open_streamed"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -72,7 +75,7 @@ class Execution:
     ) -> PairOutputs:
         """Decode every pair once, with a progress bar; streamed, the predictions stay on disk and the
         captured maps are gathered from every rank's chunks."""
-        with progress_bar(total=len(pairs), desc=f"{label}: pairs", unit="pair") as bar:
+        with progress_bar(total=len(pairs), desc=label, unit="pair") as bar:
             if self.cache is None:
                 return backbone.decode(
                     encoded, pairs, capture=capture, reweight=reweight, heads=heads, progress=bar.update
@@ -80,8 +83,11 @@ class Execution:
             name = label.replace(" ", "")
             tag = "" if reweight is None else _masks_tag(reweight.token_masks)
             bounds = chunk_bounds(len(pairs), self.chunk_pairs)
+            reused = 0
             for k, (start, end) in enumerate(bounds):
-                if self.cache.has_chunk(name, start, end, tag) or not self.ranks.owns(k):
+                cached = self.cache.has_chunk(name, start, end, tag)
+                reused += cached
+                if cached or not self.ranks.owns(k):
                     bar.update(end - start)
                     continue
                 out = backbone.decode(
@@ -93,6 +99,8 @@ class Execution:
                     progress=bar.update,
                 )
                 self.cache.save_chunk(name, start, end, _chunk_tensors(out), tag)
+        if reused:  # only a resumed run finds chunks in the cache
+            logger.info("%s: reused %d of %d chunks from the cache", label, reused, len(bounds))
         self.ranks.barrier()  # every rank's chunks are on disk from here on
         attention = None
         if capture is not None:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import io
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from pathlib import Path
 from easi3r.errors import Easi3RError
 
 __all__ = ["check_output_dir", "claim_output_dir", "hold_lock", "staged_output_dir", "write_error"]
+
+logger = logging.getLogger(__name__)
 
 
 # The reference demo keeps the points whose raw confidence (1 + exp(x)) exceeds 1.1 in its GLB; the
@@ -133,7 +136,7 @@ def claim_output_dir(
     """Check ``out_dir`` and hold its lock for the duration of a run.
 
     Holding the lock proves that no live run is writing ``out_dir``: the staging folders an interrupted
-    run left beside it are removed here, each with one ``log`` line.
+    run left beside it are removed here, each with one ``log`` line (default: this module's logger).
     """
     out = Path(out_dir)
     check_output_dir(out, overwrite=overwrite)
@@ -148,8 +151,7 @@ def claim_output_dir(
             except OSError as exc:
                 raise Easi3RError(f"{out}: cannot remove {entry} ({exc.strerror or exc})") from None
             what = "partial" if kind[1] == "partial" else "replaced"
-            if log is not None:
-                log(f"removed a stale {what} output {entry.name} (left by an interrupted run)")
+            (log or logger.info)(f"removed a stale {what} output {entry.name} (left by an interrupted run)")
         yield
 
 

@@ -28,7 +28,9 @@ from easi3r.masks import masks_from_map
 from easi3r.pairs import make_pairs
 from easi3r.plugins import get_plugin_manager
 from easi3r.recipes import create_strategy
+from easi3r.timing import stage
 from easi3r.types import DynamicMasks, Encoded, Frames, PairOutputs, Scene
+from easi3r.user_masks import UserMasks
 
 
 @dataclass
@@ -103,10 +105,12 @@ def run(
     *,
     pairs: Tensor | None = None,
     execution: Execution | None = None,
+    user_masks: UserMasks | None = None,
 ) -> RunResult:
     """Run the whole method on loaded frames; nothing is written (see :func:`easi3r.api.run`).
 
-    ``pairs`` defaults to the recipe's pair graph; ``execution`` to one process, in memory.
+    ``pairs`` defaults to the recipe's pair graph; ``execution`` to one process, in memory. ``user_masks``
+    replace the attention masks of pass 1 (and, if they say so, the final ones).
     """
     stages = stages or Stages.from_recipe(recipe)
     execution = execution or Execution()
@@ -114,38 +118,46 @@ def run(
     torch.manual_seed(recipe.seed)
     passes, backbone = recipe.passes, stages.backbone
     pairs = pair_graph(recipe, len(frames)) if pairs is None else pairs
-    encoded = backbone.encode(frames.images)  # once per frame, shared by every pair and both passes
+    with stage("encode"):
+        encoded = backbone.encode(frames.images)  # once per frame, shared by every pair and both passes
     result = RunResult(recipe=recipe, frames=frames, pairs=pairs, encoded=encoded)
 
     if not passes.masks:  # the single-pass baseline: plain predictions, no attention, no masks
-        result.passes["pass1"] = PassResult(execution.decode(backbone, encoded, pairs))
+        with stage("pass 1"):
+            result.passes["pass1"] = PassResult(execution.decode(backbone, encoded, pairs))
     else:
         heads = passes.pass1_heads or recipe.export.save_intermediates or not passes.reweight
-        outputs = execution.decode(
-            backbone, encoded, pairs, capture=stages.capture, heads=heads, label="pass 1"
-        )
+        with stage("pass 1"):
+            outputs = execution.decode(
+                backbone, encoded, pairs, capture=stages.capture, heads=heads, label="pass 1"
+            )
         # derived once and shared, so that pass 2 re-weights with the same masks wherever it runs
-        masks = execution.on_main(
-            lambda: derive_masks(stages, recipe, frames, outputs, encoded, 1), share=True
-        )
+        with stage("masks"):
+            masks = execution.on_main(
+                lambda: derive_masks(stages, recipe, frames, outputs, encoded, 1, user_masks), share=True
+            )
         result.passes["pass1"] = PassResult(outputs, masks)
         if passes.reweight:
             reweight = reweight_by(masks, stages, recipe.reweight)
             from_pass2 = passes.masks_from == "pass2"
             capture = stages.capture if from_pass2 else None
-            outputs = execution.decode(
-                backbone, encoded, pairs, capture=capture, reweight=reweight, label="pass 2"
-            )
+            with stage("pass 2"):
+                outputs = execution.decode(
+                    backbone, encoded, pairs, capture=capture, reweight=reweight, label="pass 2"
+                )
             masks = None
             if from_pass2:
-                masks = execution.on_main(
-                    lambda: derive_masks(stages, recipe, frames, outputs, encoded, 2), share=False
-                )
+                with stage("masks (pass 2)"):
+                    masks = execution.on_main(
+                        lambda: derive_masks(stages, recipe, frames, outputs, encoded, 2, user_masks),
+                        share=False,
+                    )
             result.passes["pass2"] = PassResult(outputs, masks)
 
-    result.scene = execution.align(
-        stages.aligner, frames, result.final_pass.outputs, result.masks, recipe.scale
-    )
+    with stage("align"):
+        result.scene = execution.align(
+            stages.aligner, frames, result.final_pass.outputs, result.masks, recipe.scale
+        )
     return result
 
 
@@ -169,8 +181,10 @@ def derive_masks(
     outputs: PairOutputs,
     encoded: Encoded,
     pass_index: int,
+    user_masks: UserMasks | None = None,
 ) -> DynamicMasks:
-    """Pair maps → per-frame maps → mask rule → refinement → threshold → pixel masks → the masks hook."""
+    """Pair maps → per-frame maps → mask rule → refinement → threshold → pixel masks (or the user's) → the
+    masks hook."""
     maps = frame_maps(
         outputs.attention,
         outputs.pairs,
@@ -189,6 +203,8 @@ def derive_masks(
         maps=maps,
         extras={**extras, "upsampled_refined_map": upsampled},
     )
+    if user_masks is not None:
+        derived = user_masks.apply(derived, pass_index)
     # a plug-in (e.g. an external segmenter) may replace them
     replaced = get_plugin_manager().hook.easi3r_masks_ready(
         masks=derived, frames=frames, recipe=recipe, pass_index=pass_index

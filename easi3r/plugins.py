@@ -379,8 +379,9 @@ def describe_plugins() -> list[dict[str, Any]]:
     """One dict per plug-in for ``easi3r plugins``.
 
     Keys: ``name`` (entry-point name), ``distribution``, ``version`` (None for directly registered
-    plug-ins), ``status`` ("loaded", "blocked" or "autoload disabled") and ``provides``
-    (``{kind: [names]}``, loaded plug-ins only).
+    plug-ins), ``status`` ("loaded", "blocked" or "autoload disabled"), and for loaded plug-ins only
+    ``provides`` (``{kind: [names]}``), ``recipe_dirs`` (the folders its recipes are read from) and
+    ``fragments`` (the keys of the schema fragments it ships, ``"<section>/<name>"``).
     """
     state = _current()
     provides: dict[str, dict[str, list[str]]] = {}
@@ -388,22 +389,31 @@ def describe_plugins() -> list[dict[str, Any]]:
         reg = registry(kind)
         for name in reg.names():
             provides.setdefault(reg.provider(name).plugin, {}).setdefault(kind, []).append(name)
+    shipped: dict[str, dict[str, list[str]]] = {}
+    for hook, key in (("easi3r_recipe_dirs", "recipe_dirs"), ("easi3r_schema_fragments", "fragments")):
+        for provider, result in _call_each(state.pm, hook):
+            shipped.setdefault(provider.plugin, {})[key] = sorted(str(item) for item in result)
     described = []
     for plugin_name, plugin in state.pm.list_name_plugin():
         if plugin is None:  # pluggy lists blocked names with no plug-in; they appear in `skipped`
             continue
+        extra = shipped.get(plugin_name, {})
         described.append(
-            _description(_provider(state.pm, plugin_name), "loaded", provides.get(plugin_name, {}))
+            _description(_provider(state.pm, plugin_name), "loaded", provides.get(plugin_name, {}), extra)
         )
-    described += [_description(provider, reason, {}) for provider, reason in state.skipped]
+    described += [_description(provider, reason, {}, {}) for provider, reason in state.skipped]
     return described
 
 
-def _description(provider: Provider, status: str, provides: dict[str, list[str]]) -> dict[str, Any]:
+def _description(
+    provider: Provider, status: str, provides: dict[str, list[str]], shipped: dict[str, list[str]]
+) -> dict[str, Any]:
     return {
         "name": provider.plugin,
         "distribution": provider.distribution,
         "version": provider.version,
         "status": status,
         "provides": provides,
+        "recipe_dirs": shipped.get("recipe_dirs", []),
+        "fragments": shipped.get("fragments", []),
     }

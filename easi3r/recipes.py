@@ -99,6 +99,22 @@ def available_recipes() -> dict[str, Path]:
     return found
 
 
+def recipe_description(path: Path) -> str:
+    """The first sentence of the comment that opens a recipe file ('' when it has none)."""
+    words: list[str] = []
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                if not line.startswith("#"):
+                    break
+                words += line.lstrip("#").split()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    text = " ".join(words)
+    end = text.find(". ")
+    return text if end < 0 else text[: end + 1]
+
+
 def load_recipe(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose a recipe: file, its ``extends`` chain, then ``key=value`` overrides (not yet validated).
 

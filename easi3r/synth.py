@@ -17,6 +17,7 @@ The folder appears complete or not at all.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,8 @@ from easi3r.synthetic import TEXTURES, SyntheticScene, make_scene
 from easi3r.trajectory_io import write_tum
 
 __all__ = ["MOTIONS", "TEXTURES", "parse_size", "write_synthetic_dataset"]
+
+logger = logging.getLogger(__name__)
 
 MOTIONS = ("orbit", "forward", "mixed")  # "mixed": orbit for even sequences, forward for odd ones
 # Below this the network's patch grid (16 px) has nothing to work with.
@@ -60,9 +63,10 @@ def write_synthetic_dataset(
     """Write ``sequences`` clips of ``frames`` frames of ``size`` = (H, W) to ``out``; returns their names.
 
     ``motion`` is "orbit", "forward" or "mixed"; ``texture`` one of :data:`TEXTURES`. ``log`` gets one line
-    per sequence written. Bad options are refused before anything is written.
+    per sequence written (default: this module's logger). Bad options are refused before anything is written.
     """
     _check_options(sequences, frames, objects, motion, texture, size, seed)
+    log = log or logger.info
     digits = max(3, len(str(sequences - 1)))  # names sort in sequence order however many there are
     names = [f"seq{k:0{digits}d}" for k in range(sequences)]
     plan = [(name, _motion_of(motion, k), seed + k) for k, name in enumerate(names)]
@@ -93,8 +97,7 @@ def write_synthetic_dataset(
                 texture=texture,
             )
             _write_sequence(tmp / name, scene)
-            if log is not None:
-                log(f"{name} ({k + 1}/{sequences}): {kind}, {frames} frames, seed {sequence_seed}")
+            log(f"{name} ({k + 1}/{sequences}): {kind}, {frames} frames, seed {sequence_seed}")
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return names
 

@@ -13,6 +13,7 @@ values, so errors of one window's fit carry into the next (a chain, not a joint 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -25,6 +26,8 @@ from easi3r.geometry import Scene, make_pose, sim3_between_cameras, transform_po
 from easi3r.types import DynamicMasks, Frames, PairOutputs
 
 __all__ = ["Chain", "WindowStore", "align_in_windows", "alignment_windows", "stitch", "window_inputs"]
+
+logger = logging.getLogger(__name__)
 
 Aligner = Callable[[Frames, PairOutputs, DynamicMasks | None, Any], Scene]
 
@@ -215,8 +218,10 @@ def align_in_windows(
     """
     windows = alignment_windows(len(frames), window, overlap)
     chain = Chain(windows)
+    reused = 0
     for k, (start, end) in enumerate(windows):
         scene = store.load(k) if store is not None else None
+        reused += scene is not None
         if scene is None and (only is None or only(k)):
             scene = aligner(*window_inputs(frames, outputs, masks, start, end), progress_bar)
             if scene is None:  # an aligner that makes no scene (``none``): nothing to chain
@@ -225,4 +230,6 @@ def align_in_windows(
                 store.save(k, scene)
         if only is None:
             chain.add(k, scene)
+    if reused:  # windows an interrupted run (or another rank) aligned
+        logger.info("alignment: reused %d of %d windows from the cache", reused, len(windows))
     return None if only is not None else chain.scene(masks.masks if masks is not None else None)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import cv2
+import imageio.v2 as imageio
 import numpy as np
 import torch
 from PIL import Image
@@ -30,6 +31,12 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _FONT_SCALE = 0.45
 _BACKGROUND = 24
 _TEXT = (230, 230, 230)
+_BAR_WIDTH = 12
+
+# H.264 quality: 18 is visually lossless, so the video shows what the PNGs show
+_CRF = 18
+
+Legend = Callable[[int], np.ndarray]  # height in pixels -> (height, any width, 3) RGB picture
 
 
 def _numpy(x: Array) -> np.ndarray:
@@ -129,18 +136,56 @@ def _thumbnail(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_NEAREST)
 
 
+def _text_size(text: str) -> tuple[int, int]:
+    return cv2.getTextSize(text, _FONT, _FONT_SCALE, 1)[0]
+
+
+def _put_text(canvas: np.ndarray, text: str, x: int, baseline: int) -> None:
+    cv2.putText(canvas, text, (x, baseline), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA)
+
+
+def colorbar(
+    height: int, labels: tuple[str, str] = ("0", "1"), colormap: int = cv2.COLORMAP_TURBO
+) -> np.ndarray:
+    """A vertical colour scale ``height`` pixels tall: :func:`colorize`'s colours from 1 (top) to 0
+    (bottom), the two ends labelled ``labels`` (low, high), on the overview's background."""
+    low, high = labels
+    text_w = max(_text_size(low)[0], _text_size(high)[0])
+    text_h = _text_size("0")[1]
+    canvas = np.full((height, _BAR_WIDTH + 2 * _MARGIN + text_w, 3), _BACKGROUND, np.uint8)
+    ramp = np.repeat(np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None], _BAR_WIDTH, axis=1)
+    canvas[:, :_BAR_WIDTH] = colorize(ramp, colormap)
+    _put_text(canvas, high, _BAR_WIDTH + _MARGIN, text_h)
+    _put_text(canvas, low, _BAR_WIDTH + _MARGIN, height - 1)
+    return canvas
+
+
+def swatch(height: int, color: tuple[int, int, int], label: str) -> np.ndarray:
+    """A legend entry ``height`` pixels tall: a square of ``color`` and ``label`` beside it."""
+    side = min(height, _BAR_WIDTH)
+    text_w, text_h = _text_size(label)
+    canvas = np.full((height, side + 2 * _MARGIN + text_w, 3), _BACKGROUND, np.uint8)
+    top = (height - side) // 2
+    canvas[top : top + side, :side] = color
+    _put_text(canvas, label, side + _MARGIN, (height + text_h) // 2)
+    return canvas
+
+
 def overview(
     rows: Sequence[tuple[str, Sequence[np.ndarray]]],
     *,
     column_labels: Sequence[str] | None = None,
     max_columns: int = 8,
     thumb_width: int = 256,
+    legends: Mapping[str, Legend] | None = None,
 ) -> np.ndarray:
     """One labelled picture of a run: one row per named quantity, one column per frame.
 
     Every row holds one ``uint8`` image (gray or RGB) per frame, all rows the same number. Long videos
     show at most ``max_columns`` evenly spaced frames; thumbnails are at most ``thumb_width`` wide and keep
-    the aspect ratio of the first image. Returns ``(H, W, 3)`` RGB ``uint8``.
+    the aspect ratio of the first image. ``legends`` maps a row's label to its legend (e.g. a
+    :func:`colorbar`), drawn at the row's right end at the thumbnails' height. Returns ``(H, W, 3)`` RGB
+    ``uint8``.
     """
     if not rows or not rows[0][1]:
         raise ValueError("overview needs at least one row with at least one image")
@@ -154,28 +199,86 @@ def overview(
     height, width = rows[0][1][0].shape[:2]
     cell_w = min(width, thumb_width)
     cell_h = max(1, round(height * cell_w / width))
-    text_h = cv2.getTextSize("Ag", _FONT, _FONT_SCALE, 1)[0][1]
-    label_w = max(cv2.getTextSize(label, _FONT, _FONT_SCALE, 1)[0][0] for label, _ in rows) + 2 * _MARGIN
+    text_h = _text_size("Ag")[1]
+    label_w = max(_text_size(label)[0] for label, _ in rows) + 2 * _MARGIN
     header_h = text_h + 2 * _MARGIN if column_labels is not None else 0
+    drawn = {label: legend(cell_h) for label, legend in (legends or {}).items()}
+    legend_w = max((image.shape[1] + _GAP for image in drawn.values()), default=0)
 
-    canvas = np.full(
-        (header_h + len(rows) * (cell_h + _GAP), label_w + len(picked) * (cell_w + _GAP), 3),
-        _BACKGROUND,
-        np.uint8,
-    )
+    grid_w = label_w + len(picked) * (cell_w + _GAP)
+    canvas = np.full((header_h + len(rows) * (cell_h + _GAP), grid_w + legend_w, 3), _BACKGROUND, np.uint8)
     for j, t in enumerate(picked):
         x = label_w + j * (cell_w + _GAP)
         if column_labels is not None:
-            cv2.putText(
-                canvas, column_labels[t], (x, header_h - _MARGIN), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA
-            )
+            _put_text(canvas, column_labels[t], x, header_h - _MARGIN)
         for i, (_, images) in enumerate(rows):
             y = header_h + i * (cell_h + _GAP)
             canvas[y : y + cell_h, x : x + cell_w] = _thumbnail(_numpy(images[t]), cell_w, cell_h)
     for i, (label, _) in enumerate(rows):
-        baseline = header_h + i * (cell_h + _GAP) + (cell_h + text_h) // 2
-        cv2.putText(canvas, label, (_MARGIN, baseline), _FONT, _FONT_SCALE, _TEXT, 1, cv2.LINE_AA)
+        y = header_h + i * (cell_h + _GAP)
+        _put_text(canvas, label, _MARGIN, y + (cell_h + text_h) // 2)
+        if label in drawn:
+            legend = drawn[label]
+            canvas[y : y + cell_h, grid_w : grid_w + legend.shape[1]] = legend
     return canvas
+
+
+def side_by_side(panels: Sequence[tuple[str, np.ndarray]], legend: Legend | None = None) -> np.ndarray:
+    """Labelled images of one size in a row: each with its label above and ``legend`` at its right.
+    Returns ``(H, W, 3)`` RGB ``uint8``."""
+    if not panels:
+        raise ValueError("side_by_side needs at least one panel")
+    height, width = panels[0][1].shape[:2]
+    if any(image.shape[:2] != (height, width) for _, image in panels):
+        raise ValueError(
+            f"every panel must be {height}x{width}, got {[image.shape[:2] for _, image in panels]}"
+        )
+    header_h = _text_size("Ag")[1] + 2 * _MARGIN
+    legend_image = None if legend is None else legend(height)
+    panel_w = width + (0 if legend_image is None else legend_image.shape[1] + _GAP)
+    canvas = np.full((header_h + height, len(panels) * (panel_w + _GAP) - _GAP, 3), _BACKGROUND, np.uint8)
+    for j, (label, image) in enumerate(panels):
+        x = j * (panel_w + _GAP)
+        _put_text(canvas, label, x, header_h - _MARGIN)
+        canvas[header_h:, x : x + width] = _rgb(_numpy(image))
+        if legend_image is not None:
+            canvas[header_h:, x + width + _GAP : x + panel_w] = legend_image
+    return canvas
+
+
+def write_mp4(path: str | Path, frames: Iterable[Array], fps: float) -> Path:
+    """An H.264 video of ``uint8`` RGB frames, all of one size, creating parent folders.
+
+    yuv420p with even sizes is what every player opens (an odd size gets one row or column of background
+    more). The file is deterministic: x264 on one thread (its output depends on the thread count) and
+    ``bitexact`` muxing (no encoder version string in the file).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = imageio.get_writer(
+        path,
+        format="FFMPEG",
+        mode="I",
+        fps=fps,
+        codec="libx264",
+        pixelformat="yuv420p",
+        quality=None,
+        macro_block_size=1,  # sizes are made even here; imageio would otherwise rescale to multiples of 16
+        ffmpeg_log_level="error",
+        output_params=["-crf", str(_CRF), "-threads", "1", "-fflags", "+bitexact", "-flags", "+bitexact"],
+    )
+    try:
+        for frame in frames:
+            writer.append_data(_even(_rgb(_numpy(frame))))
+    finally:
+        writer.close()
+    return path
+
+
+def _even(image: np.ndarray) -> np.ndarray:
+    height, width = image.shape[:2]
+    pad = ((0, height % 2), (0, width % 2), (0, 0))
+    return np.pad(image, pad, constant_values=_BACKGROUND) if height % 2 or width % 2 else image
 
 
 def save_safetensors(

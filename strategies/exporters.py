@@ -1,5 +1,5 @@
 """Exporters: the preamble every built-in exporter shares, and the exporters of the final masks, the maps
-they came from and overlays (file layout: docs/outputs.md).
+they came from and overlays, as pictures and as videos (file layout: docs/outputs.md).
 
 Contract (``easi3r_exporters``): ``factory(**params) -> export``; ``export(result, out_dir) -> list[Path]``
 returns every file written. The params come from the recipe's ``export.exporters`` item and are checked
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 
 # the reference writes its "enlarged" masks with a 3×3 dilation
 REFERENCE_DILATE = 3
+
+# frames.py's patch: network sizes are multiples of it
+_PATCH = 16
+
+# writers.overlay's default tint: the overview's legend entry for the overlays shows it
+_OVERLAY_COLOR = (255, 0, 64)
+
+# the maps video and the overview draw maps at most this wide (tokens stay blocks of several pixels)
+_PANEL_WIDTH = 256
 
 InputT = TypeVar("InputT")
 
@@ -73,25 +82,95 @@ class MaskExporter(FinalMasksExporter):
     """``masks/dynamic_mask_{t:04d}.png`` and ``masks/enlarged_dynamic_mask_{t:04d}.png`` (uint8 0/255).
 
     ``dilate``: the square kernel of the enlarged masks (0 or 1: an undilated copy). A recipe that does not
-    set it passes ``export.dilate`` (:func:`easi3r.api.create_exporters`).
+    set it passes ``export.dilate`` (:func:`easi3r.api.create_exporters`). ``resolution``: ``network``
+    writes the masks at the processing size; ``source`` at each frame's source size (:func:`to_source`),
+    dilated there (the kernel counts source pixels).
     """
 
     folder = "masks"
 
-    def __init__(self, dilate: int = REFERENCE_DILATE) -> None:
+    def __init__(
+        self, dilate: int = REFERENCE_DILATE, resolution: Literal["network", "source"] = "network"
+    ) -> None:
         if dilate < 0:
             raise ValueError(f"dilate must be >= 0, got {dilate}")
+        if resolution not in ("network", "source"):
+            raise ValueError(f"resolution must be 'network' or 'source', got {resolution!r}")
         self.dilate = dilate
+        self.resolution = resolution
 
     def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
         written = []
         for t, mask in enumerate(masks.masks.detach().cpu().numpy()):
+            if self.resolution == "source":
+                mask = to_source(mask, result, t)
             written.append(writers.write_png(folder / f"dynamic_mask_{t:04d}.png", _binary_png(mask)))
             enlarged = writers.dilate(mask, self.dilate)
             written.append(
                 writers.write_png(folder / f"enlarged_dynamic_mask_{t:04d}.png", _binary_png(enlarged))
             )
         return written
+
+
+def to_source(mask: np.ndarray, result: RunResult, t: int) -> np.ndarray:
+    """Frame ``t``'s network-size ``(H, W)`` mask at the frame's source size ``(SH, SW)``.
+
+    The inverse of frames.py's preprocessing, read from the recipe's ``frames`` keys: each source pixel
+    takes the mask pixel its centre maps to (nearest, as :func:`easi3r.writers.upsample_nearest`). The border
+    the centre crop cut away was never seen by the network: it is 0 (static).
+    """
+    if not result.frames.source_sizes:
+        raise ValueError("resolution: source needs the frames' source sizes (Frames.source_sizes)")
+    cfg = result.recipe.frames
+    source = result.frames.source_sizes[t]
+    resized, box, final = _network_geometry(*source, cfg.size, cfg.crop, cfg.square_ok)
+    rows = _source_to_network(source[1], resized[1], final[1], mask.shape[0], None if box is None else box[1])
+    cols = _source_to_network(source[0], resized[0], final[0], mask.shape[1], None if box is None else box[0])
+    inside = (rows >= 0)[:, None] & (cols >= 0)[None, :]
+    return mask[np.maximum(rows, 0)][:, np.maximum(cols, 0)] & inside
+
+
+def _network_geometry(
+    width: int, height: int, size: int, crop: bool, square_ok: bool
+) -> tuple[tuple[int, int], tuple[int, int] | None, tuple[int, int]]:
+    """``(resized (W, H), crop origin (x0, y0) or None, final (W, H))``: the integer arithmetic of
+    :func:`easi3r.frames.preprocess_image` (tests compare it with easi3r.eval.runner.network_geometry)."""
+    if size == 224:
+        # the reference's 224 branch: short side to 224, then the centred square
+        resized = _long_side(width, height, round(size * max(width / height, height / width)))
+        half = min(resized[0] // 2, resized[1] // 2)
+        return resized, (resized[0] // 2 - half, resized[1] // 2 - half), (2 * half, 2 * half)
+    resized = _long_side(width, height, size)
+    cx, cy = resized[0] // 2, resized[1] // 2
+    halfw, halfh = ((2 * cx) // _PATCH) * 8, ((2 * cy) // _PATCH) * 8
+    if resized[0] == resized[1] and not square_ok:
+        halfh = (3 * halfw // 4) // 8 * 8
+    return resized, (cx - halfw, cy - halfh) if crop else None, (2 * halfw, 2 * halfh)
+
+
+def _long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
+    longest = max(width, height)
+    return round(width * long_side / longest), round(height * long_side / longest)
+
+
+def _source_to_network(source: int, resized: int, final: int, network: int, origin: int | None) -> np.ndarray:
+    """Along one axis, the network pixel each source pixel's centre falls in, -1 outside the crop.
+
+    Source → resized is a scaling; the crop shifts by ``origin`` (no crop: scaled to ``final``); a frame
+    whose own final size differs from the run's (mixed sizes) was then scaled to ``network``."""
+    position = (np.arange(source) + 0.5) * resized / source
+    position = position - origin if origin is not None else position * final / resized
+    index = np.floor(position * network / final).astype(np.int64)
+    return np.where((position >= 0) & (index < network), index, -1)
+
+
+def token_maps_of(masks: DynamicMasks) -> dict[str, np.ndarray]:
+    """The ``(T, NH, NW)`` maps to draw: the four fused statistics (when kept), then the rule's output and
+    its refinement. A plug-in that replaces the masks may leave ``maps`` out."""
+    fused = {} if masks.maps is None else masks.maps.maps
+    drawn = {name: fused[name] for name in STAT_NAMES if name in fused}
+    drawn.update(dynamic_map=masks.dynamic_map, refined_map=masks.refined_map)
+    return {name: values.detach().float().cpu().numpy() for name, values in drawn.items()}
 
 
 class MapExporter(FinalMasksExporter):
@@ -107,7 +186,7 @@ class MapExporter(FinalMasksExporter):
 
     def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
         size = result.frames.size
-        token_maps = self._token_maps(masks)
+        token_maps = token_maps_of(masks)
         written = []
         for name, values in token_maps.items():
             for t, frame_map in enumerate(values):
@@ -116,15 +195,6 @@ class MapExporter(FinalMasksExporter):
         written.append(writers.write_png(folder / "overview.png", self._overview(result, masks, token_maps)))
         written.append(self._save_values(result, masks, folder / "maps" / "maps.safetensors"))
         return written
-
-    @staticmethod
-    def _token_maps(masks: DynamicMasks) -> dict[str, np.ndarray]:
-        """The ``(T, NH, NW)`` maps to draw: the four fused statistics (when kept), then the rule's output
-        and its refinement. A plug-in that replaces the masks may leave ``maps`` out."""
-        fused = {} if masks.maps is None else masks.maps.maps
-        drawn = {name: fused[name] for name in STAT_NAMES if name in fused}
-        drawn.update(dynamic_map=masks.dynamic_map, refined_map=masks.refined_map)
-        return {name: values.detach().float().cpu().numpy() for name, values in drawn.items()}
 
     def _overview(
         self, result: RunResult, masks: DynamicMasks, token_maps: dict[str, np.ndarray]
@@ -140,8 +210,14 @@ class MapExporter(FinalMasksExporter):
             for name, values in token_maps.items()
         ]
         rows.append(("mask overlay", [writers.overlay(image, mask) for image, mask in zip(rgb, binary)]))
+        legends = dict.fromkeys(token_maps, writers.colorbar)
+        legends["mask overlay"] = lambda height: writers.swatch(height, _OVERLAY_COLOR, "dynamic")
         return writers.overview(
-            rows, column_labels=[f"t={t}" for t in shown], max_columns=self.overview_columns
+            rows,
+            column_labels=[f"t={t}" for t in shown],
+            max_columns=self.overview_columns,
+            thumb_width=_PANEL_WIDTH,
+            legends=legends,
         )
 
     @staticmethod
@@ -171,3 +247,53 @@ class OverlayExporter(FinalMasksExporter):
             writers.write_png(folder / f"{t:04d}.png", writers.overlay(image, mask, alpha=self.alpha))
             for t, (image, mask) in enumerate(zip(result.frames.rgb(), binary))
         ]
+
+
+def _check_fps(fps: float) -> float:
+    if not fps > 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return fps
+
+
+class OverlayVideoExporter(FinalMasksExporter):
+    """``overlays.mp4``: the overlays (:class:`OverlayExporter`) as an H.264 video at ``fps`` frames per
+    second, frame ``t`` at ``t / fps`` seconds."""
+
+    def __init__(self, fps: float = 10, alpha: float = 0.5) -> None:
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.fps = _check_fps(fps)
+        self.alpha = alpha
+
+    def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
+        binary = masks.masks.detach().cpu().numpy()
+        # one frame at a time, so a long video is never held as overlays in memory
+        frames = (
+            writers.overlay(image, mask, alpha=self.alpha) for image, mask in zip(result.frames.rgb(), binary)
+        )
+        return [writers.write_mp4(folder / "overlays.mp4", frames, self.fps)]
+
+
+class MapVideoExporter(FinalMasksExporter):
+    """``maps.mp4``: per frame the maps of ``maps/`` (:func:`token_maps_of`) side by side, each labelled
+    and with its colour scale, as an H.264 video at ``fps`` frames per second."""
+
+    def __init__(self, fps: float = 10) -> None:
+        self.fps = _check_fps(fps)
+
+    def write(self, result: RunResult, masks: DynamicMasks, folder: Path) -> list[Path]:
+        token_maps = token_maps_of(masks)
+        height, width = result.frames.size
+        panel_w = min(width, _PANEL_WIDTH)
+        panel = (max(1, round(height * panel_w / width)), panel_w)
+        frames = (
+            writers.side_by_side(
+                [
+                    (name, writers.upsample_nearest(writers.colorize(values[t]), panel))
+                    for name, values in token_maps.items()
+                ],
+                legend=writers.colorbar,
+            )
+            for t in range(len(result.frames))
+        )
+        return [writers.write_mp4(folder / "maps.mp4", frames, self.fps)]

@@ -95,10 +95,13 @@ def easi3r_exporters() -> dict[str, Any]:
         "masks": _lazy("exporters", "MaskExporter"),
         "maps": _lazy("exporters", "MapExporter"),
         "overlays": _lazy("exporters", "OverlayExporter"),
+        "overlays_video": _lazy("exporters", "OverlayVideoExporter"),
+        "maps_video": _lazy("exporters", "MapVideoExporter"),
         "trajectory": _lazy("scene_exporters", "TrajectoryExporter"),
         "depth": _lazy("scene_exporters", "DepthExporter"),
         "pointcloud": _lazy("scene_exporters", "PointCloudExporter"),
         "colmap": _lazy("scene_exporters", "ColmapExporter"),
+        "nerfstudio": _lazy("scene_exporters", "NerfstudioExporter"),
         "scene": _lazy("scene_exporters", "SceneExporter"),
     }
 

@@ -1,16 +1,19 @@
-"""Exporters of the aligned scene (``result.scene``): trajectory, depth, point clouds, COLMAP, safetensors.
+"""Exporters of the aligned scene (``result.scene``): trajectory, depth, point clouds, COLMAP, nerfstudio,
+safetensors.
 
 File layout and conventions: ``docs/outputs.md``, section "Scene (aligned geometry)"; parameters come from
 the recipe as for the mask exporters (:mod:`easi3r.strategies.exporters`). Every exporter writes nothing
 and returns ``[]`` when the run produced no scene (aligner ``none``). Coordinates are
 written as the aligner returns them: OpenCV cameras (x right, y down, z forward), camera-to-world poses,
-no re-centring or axis flip, so every file describes the same world.
+no re-centring or axis flip, so every file describes the same world (nerfstudio's file turns the camera
+axes to its OpenGL convention; the world stays the same).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,7 @@ from scipy.spatial.transform import Rotation
 from easi3r import writers
 from easi3r.outputs import REFERENCE_GLB_MIN_CONF
 from easi3r.strategies.exporters import ExporterBase
+from easi3r.strategies.trajectory_plot import plot_trajectory
 from easi3r.trajectory_io import write_tum
 
 if TYPE_CHECKING:
@@ -95,7 +99,8 @@ def _save_npy(path: Path, array: np.ndarray) -> Path:
 
 class TrajectoryExporter(AlignedSceneExporter):
     """``scene/trajectory_tum.txt`` (TUM ``t x y z qx qy qz qw``, camera-to-world, t = frame index),
-    ``scene/intrinsics.txt`` (T rows of the 9 entries of K, row-major) and ``scene/focal.txt``.
+    ``scene/intrinsics.txt`` (T rows of the 9 entries of K, row-major), ``scene/focal.txt`` and
+    ``scene/trajectory.png`` (camera centres from above and per axis, :func:`plot_trajectory`).
 
     ``reference_order`` also writes ``scene/pred_traj.txt`` with the quaternion w-first
     (``t x y z qw qx qy qz``), the reference's layout, for its tools.
@@ -114,6 +119,7 @@ class TrajectoryExporter(AlignedSceneExporter):
             write_tum(written[-1], times, c2w, quat_order="wxyz")
         written.append(_savetxt(folder / "intrinsics.txt", _np(scene.intrinsics).reshape(len(scene), 9)))
         written.append(_savetxt(folder / "focal.txt", _np(scene.focals)))
+        written.append(writers.write_png(folder / "trajectory.png", plot_trajectory(c2w[:, :3, 3])))
         return written
 
 
@@ -326,8 +332,9 @@ def _image_names(paths: list[str]) -> list[str]:
 
 class ColmapExporter(AlignedSceneExporter):
     """COLMAP text model of the static scene in ``scene/colmap/``: ``cameras.txt`` (PINHOLE),
-    ``images.txt`` (world-to-camera poses), ``points3D.txt`` (static points, empty tracks) and the frames
-    as PNG in ``images/``, the starting point 3D Gaussian splatting / NeRF tools expect.
+    ``images.txt`` (world-to-camera poses and the 2D points), ``points3D.txt`` (static points, each with
+    a one-observation track: the pixel it came from) and the frames as PNG in ``images/``, the starting
+    point 3D Gaussian splatting / NeRF tools expect.
 
     ``max_points``: at most this many points, drawn without replacement by a fixed-seed generator;
     ``min_conf``: as for the point clouds.
@@ -344,12 +351,24 @@ class ColmapExporter(AlignedSceneExporter):
     def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
         names = _image_names(list(result.frames.paths))
         rgb = result.frames.rgb()
+        index = self._sample(scene)
+        tracks = _Tracks.of(index, tuple(scene.depth.shape))
         camera_ids = self._write_cameras(folder / "cameras.txt", scene)
-        self._write_images(folder / "images.txt", scene, camera_ids, names)
-        self._write_points(folder / "points3D.txt", scene, rgb)
+        self._write_images(folder / "images.txt", scene, camera_ids, names, tracks)
+        self._write_points(folder / "points3D.txt", scene, rgb, index, tracks)
         written = [folder / "cameras.txt", folder / "images.txt", folder / "points3D.txt"]
         written += [writers.write_png(folder / "images" / name, image) for name, image in zip(names, rgb)]
         return written
+
+    def _sample(self, scene: Scene) -> np.ndarray:
+        """Flat (T·H·W) indices of the points, increasing: the kept static pixels, or a fixed-seed draw of
+        ``max_points`` of them, drawn before gathering (the static points grow with the video)."""
+        index = np.flatnonzero(_kept(scene, self.min_conf) & ~_dynamic(scene))
+        if len(index) > self.max_points:
+            index = index[
+                np.sort(np.random.default_rng(0).choice(len(index), self.max_points, replace=False))
+            ]
+        return index
 
     @staticmethod
     def _write_cameras(path: Path, scene: Scene) -> list[int]:
@@ -372,43 +391,115 @@ class ColmapExporter(AlignedSceneExporter):
         return [1] * len(scene) if shared else list(range(1, len(scene) + 1))
 
     @staticmethod
-    def _write_images(path: Path, scene: Scene, camera_ids: list[int], names: list[str]) -> None:
+    def _write_images(
+        path: Path, scene: Scene, camera_ids: list[int], names: list[str], tracks: _Tracks
+    ) -> None:
         c2w = _np(scene.cam2world).astype(np.float64)
         rot_w2c = c2w[:, :3, :3].transpose(0, 2, 1)
         trans_w2c = -np.einsum("tij,tj->ti", rot_w2c, c2w[:, :3, 3])
         quat = Rotation.from_matrix(rot_w2c).as_quat()  # x y z w
         quat = np.roll(quat, 1, axis=1)  # COLMAP: w x y z
         quat *= np.where(quat[:, :1] < 0, -1.0, 1.0)  # q and -q are one rotation: pick qw >= 0
+        mean = len(tracks.frame) / len(scene)
         lines = [
             "# Image list with two lines of data per image:",
             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
             "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-            f"# Number of images: {len(scene)}, mean observations per image: 0",
+            f"# Number of images: {len(scene)}, mean observations per image: {mean:.17g}",
         ]
+        # the pixel centre (col, row) is (col + 0.5, row + 0.5) in COLMAP's image coordinates
+        x, y = tracks.col + 0.5, tracks.row + 0.5
+        point_ids = np.arange(1, len(tracks.frame) + 1)
+        bounds = np.searchsorted(tracks.frame, np.arange(len(scene) + 1))
         for t in range(len(scene)):
             numbers = " ".join(f"{v:.17g}" for v in (*quat[t], *trans_w2c[t]))
-            # the second line (2D observations) stays empty: the points carry no tracks
-            lines += [f"{t + 1} {numbers} {camera_ids[t]} {names[t]}", ""]
+            chunk = slice(bounds[t], bounds[t + 1])
+            observations = zip(x[chunk].tolist(), y[chunk].tolist(), point_ids[chunk].tolist())
+            lines += [
+                f"{t + 1} {numbers} {camera_ids[t]} {names[t]}",
+                " ".join(f"{u:.17g} {v:.17g} {i}" for u, v, i in observations),
+            ]
         path.write_text("\n".join(lines) + "\n")
 
-    def _write_points(self, path: Path, scene: Scene, rgb: np.ndarray) -> None:
-        index = np.flatnonzero(_kept(scene, self.min_conf) & ~_dynamic(scene))
-        if len(index) > self.max_points:  # drawn before gathering: the static points grow with the video
-            index = index[
-                np.sort(np.random.default_rng(0).choice(len(index), self.max_points, replace=False))
-            ]
+    @staticmethod
+    def _write_points(path: Path, scene: Scene, rgb: np.ndarray, index: np.ndarray, tracks: _Tracks) -> None:
         points = _np(scene.pts3d).reshape(-1, 3)[index].astype(np.float32)
         colors = rgb.reshape(-1, 3)[index]
         lines = [
             "# 3D point list with one line of data per point:",
             "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
-            f"# Number of points: {len(points)}, mean track length: 0",
+            f"# Number of points: {len(points)}, mean track length: {1 if len(points) else 0}",
         ]
+        rows = zip(points.tolist(), colors.tolist(), (tracks.frame + 1).tolist(), tracks.point2d.tolist())
         lines += [
-            f"{i} {x:.9g} {y:.9g} {z:.9g} {r} {g} {b} 0"
-            for i, ((x, y, z), (r, g, b)) in enumerate(zip(points.tolist(), colors.tolist()), start=1)
+            f"{i} {x:.9g} {y:.9g} {z:.9g} {r} {g} {b} 0 {image_id} {point2d}"
+            for i, ((x, y, z), (r, g, b), image_id, point2d) in enumerate(rows, start=1)
         ]
         path.write_text("\n".join(lines) + "\n")
+
+
+@dataclass(frozen=True)
+class _Tracks:
+    """Where each COLMAP point came from: its frame, pixel row and column, and its position among the
+    2D points of that frame's image (POINT2D_IDX)."""
+
+    frame: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    point2d: np.ndarray
+
+    @staticmethod
+    def of(index: np.ndarray, shape: tuple[int, int, int]) -> _Tracks:
+        """``index``: increasing flat indices into ``shape`` (T, H, W), so each frame's points are
+        contiguous and numbered in pixel order."""
+        frame, row, col = np.unravel_index(index, shape)
+        first = np.searchsorted(frame, frame)  # the first point of each point's frame
+        return _Tracks(frame, row, col, np.arange(len(index)) - first)
+
+
+# --- nerfstudio -------------------------------------------------------------------------------------
+
+# camera axes x right, y down, z forward (OpenCV) → x right, y up, z back (OpenGL / Blender, nerfstudio's)
+_OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+class NerfstudioExporter(AlignedSceneExporter):
+    """nerfstudio's ``transforms.json`` in ``scene/nerfstudio/``: per-frame ``transform_matrix``
+    (camera-to-world, OpenGL camera axes) and intrinsics (``OPENCV`` model, no distortion), the frames in
+    ``images/`` and, when the scene has masks, ``masks/`` where nerfstudio's convention keeps pixels that
+    are not 0: static pixels 255, dynamic pixels 0, so a static NeRF ignores the moving objects."""
+
+    folder = "scene/nerfstudio"
+
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
+        rgb = result.frames.rgb()
+        c2w = _np(scene.cam2world).astype(np.float64) @ _OPENCV_TO_OPENGL
+        intrinsics = _np(scene.intrinsics).astype(np.float64)
+        height, width = (int(n) for n in scene.depth.shape[1:])
+        static = None if scene.masks is None else ~_dynamic(scene)
+        written, frames = [], []
+        for t in range(len(scene)):
+            name = f"{t:04d}.png"  # nerfstudio sorts frames by file name: the index keeps frame order
+            written.append(writers.write_png(folder / "images" / name, rgb[t]))
+            k = intrinsics[t]
+            # nerfstudio's pixel centres are at +0.5 (as COLMAP's): the same rays, see ColmapExporter
+            frame = {
+                "file_path": f"images/{name}",
+                "transform_matrix": c2w[t].tolist(),
+                "fl_x": float(k[0, 0]),
+                "fl_y": float(k[1, 1]),
+                "cx": float(k[0, 2]) + 0.5,
+                "cy": float(k[1, 2]) + 0.5,
+                "w": width,
+                "h": height,
+            }
+            if static is not None:
+                written.append(writers.write_png(folder / "masks" / name, static[t].astype(np.uint8) * 255))
+                frame["mask_path"] = f"masks/{name}"
+            frames.append(frame)
+        path = folder / "transforms.json"
+        path.write_text(json.dumps({"camera_model": "OPENCV", "frames": frames}, indent=2) + "\n")
+        return [path, *written]
 
 
 # --- everything numeric ------------------------------------------------------------------------------

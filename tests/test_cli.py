@@ -201,3 +201,17 @@ def test_known_intrinsics_are_held_fixed(capsys, tmp_path, two_frames):
     intrinsics = (out / "scene" / "intrinsics.txt").read_text().split()
     # the focal is stored as 20·log f in float32: fixed up to that rounding
     assert [float(v) for v in intrinsics[:9]] == pytest.approx([300, 0, 128, 0, 300, 72, 0, 0, 1], rel=1e-6)
+
+
+def test_plugins_verbose_lists_recipe_folders_and_fragments(capsys):
+    code, out, _ = run_cli(capsys, "plugins", "-v")
+    assert code == 0
+    assert "schema fragments: " in out and "export/masks" in out and "rule/formula" in out
+    code, out, _ = run_cli(capsys, "plugins")
+    assert "schema fragments" not in out
+
+
+def test_recipes_list_says_what_each_recipe_is(capsys):
+    code, out, _ = run_cli(capsys, "recipes")
+    assert code == 0
+    assert "tiny               Tiny CPU recipe for the demo and tests:" in out

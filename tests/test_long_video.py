@@ -58,11 +58,12 @@ def _run(video: Path, out: Path, *extra: str, launcher: tuple[str, ...] = ()) ->
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    # run.yaml records the options of the run itself (e.g. scale.stream); everything else must match
+    # run.yaml records the options of the run itself (e.g. scale.stream), timings.json its times;
+    # everything else must match
     return {
         str(p.relative_to(folder)): p.read_bytes()
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != "run.yaml"
+        if p.is_file() and p.name not in ("run.yaml", "timings.json")
     }
 
 

@@ -337,6 +337,8 @@ def test_describe_plugins(install, module) -> None:
             "version": "0.1.0",
             "status": "loaded",
             "provides": {"refiners": ["kmeans", "none"], "aligners": ["none"]},
+            "recipe_dirs": [],
+            "fragments": [],
         },
         {
             "name": "ply",
@@ -344,5 +346,7 @@ def test_describe_plugins(install, module) -> None:
             "version": "1.2",
             "status": "loaded",
             "provides": {"exporters": ["ply"]},
+            "recipe_dirs": [],
+            "fragments": [],
         },
     ]

@@ -1,5 +1,6 @@
 """The scene exporters on a small synthetic scene, read back with readers that share no code with them
-(evo for TUM, trimesh for PLY/GLB, a COLMAP text parser written here, safetensors)."""
+(evo for TUM, trimesh for PLY/GLB, pycolmap and a COLMAP text parser written here, a nerfstudio
+transforms.json reader written here, safetensors)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from easi3r.plugins import registry, schema_fragments
 from easi3r.strategies.scene_exporters import (
     ColmapExporter,
     DepthExporter,
+    NerfstudioExporter,
     PointCloudExporter,
     SceneExporter,
     TrajectoryExporter,
@@ -33,7 +35,15 @@ from .test_writers import export_from_recipe
 
 T, H, W = 4, 24, 32
 MIN_CONF = 1.1
-EXPORTERS = (TrajectoryExporter, DepthExporter, PointCloudExporter, ColmapExporter, SceneExporter)
+EXPORTERS = (
+    TrajectoryExporter,
+    DepthExporter,
+    PointCloudExporter,
+    ColmapExporter,
+    NerfstudioExporter,
+    SceneExporter,
+)
+NAMES = ("trajectory", "depth", "pointcloud", "colmap", "nerfstudio", "scene")
 
 
 def synthetic_scene(conf_is_log: bool = False) -> tuple[Scene, torch.Tensor]:
@@ -93,7 +103,8 @@ def test_trajectory_reads_back_with_evo(result, tmp_path: Path) -> None:
     written = TrajectoryExporter(reference_order=True)(result, tmp_path)
     folder = tmp_path / "scene"
     assert sorted(written) == sorted(
-        folder / name for name in ("trajectory_tum.txt", "pred_traj.txt", "intrinsics.txt", "focal.txt")
+        folder / name
+        for name in ("trajectory_tum.txt", "pred_traj.txt", "intrinsics.txt", "focal.txt", "trajectory.png")
     )
     c2w = result.scene.cam2world.double().numpy()
 
@@ -119,6 +130,28 @@ def test_trajectory_default_has_no_reference_file(result, tmp_path: Path) -> Non
     written = TrajectoryExporter()(result, tmp_path)
     assert tmp_path / "scene" / "pred_traj.txt" not in written
     assert not (tmp_path / "scene" / "pred_traj.txt").exists()
+
+
+def test_trajectory_png_is_drawn_in_time_colours(result, tmp_path: Path) -> None:
+    """The picture exists, is RGB, has a dot in the first and the last frame's colour, and is the same
+    bytes for the same poses; one frame and a non-finite pose draw too."""
+    TrajectoryExporter()(result, tmp_path)
+    path = tmp_path / "scene" / "trajectory.png"
+    with Image.open(path) as image:
+        assert image.mode == "RGB"
+        picture = np.asarray(image)
+    assert picture.shape[0] > 300 and picture.shape[1] > 800
+    turbo = writers.colorize(np.linspace(0, 1, T)[None])[0]
+    for colour in (turbo[0], turbo[-1]):
+        assert (picture == colour).all(-1).sum() > 20  # dots in four plots
+    TrajectoryExporter()(result, tmp_path / "again")
+    assert (tmp_path / "again" / "scene" / "trajectory.png").read_bytes() == path.read_bytes()
+
+    scene, images = synthetic_scene()
+    scene.cam2world[1, 0, 3] = float("nan")
+    TrajectoryExporter()(fake_result(scene, images), tmp_path / "nan")
+    one = make_scene(n_frames=1, size=(H, W), seed=0)
+    assert TrajectoryExporter()(fake_result(one.to_scene(), one.images(), ["one.png"]), tmp_path / "one")
 
 
 # --- depth -------------------------------------------------------------------------------------------
@@ -254,7 +287,8 @@ def test_frames_without_confident_points_get_empty_files(tmp_path: Path) -> None
 
 def read_colmap(folder: Path) -> tuple[dict, dict, dict]:
     """Minimal COLMAP text reader: cameras {id: (model, w, h, params)}, images {id: (qvec, tvec, camera
-    id, name)}, points {id: (xyz, rgb, error)}; it checks that tracks and 2D observations are empty."""
+    id, name, 2D points (N, 3) as x y point3D_id)}, points {id: (xyz, rgb, error, track (M, 2) as
+    image_id point2D_idx)}."""
 
     def data_lines(name: str, keep_empty: bool = False) -> list[str]:
         lines = (folder / name).read_text().split("\n")[:-1]
@@ -266,20 +300,26 @@ def read_colmap(folder: Path) -> tuple[dict, dict, dict]:
         cameras[int(elems[0])] = (elems[1], int(elems[2]), int(elems[3]), np.array(elems[4:], float))
     images = {}
     image_lines = data_lines("images.txt", keep_empty=True)
+    assert len(image_lines) % 2 == 0
     for line, observations in zip(image_lines[::2], image_lines[1::2]):
         elems = line.split()
-        assert observations == ""
         images[int(elems[0])] = (
             np.array(elems[1:5], float),
             np.array(elems[5:8], float),
             int(elems[8]),
             elems[9],
+            np.array(observations.split(), float).reshape(-1, 3),
         )
     points = {}
     for line in data_lines("points3D.txt"):
         elems = line.split()
-        assert len(elems) == 8  # no track
-        points[int(elems[0])] = (np.array(elems[1:4], float), np.array(elems[4:7], int), float(elems[7]))
+        assert len(elems) % 2 == 0  # 8 numbers, then (image id, point2D idx) pairs
+        points[int(elems[0])] = (
+            np.array(elems[1:4], float),
+            np.array(elems[4:7], int),
+            float(elems[7]),
+            np.array(elems[8:], int).reshape(-1, 2),
+        )
     return cameras, images, points
 
 
@@ -311,7 +351,7 @@ def test_colmap_model(result, tmp_path: Path) -> None:
     assert sorted(images) == list(range(1, T + 1))
     rgb = result.frames.rgb()
     for t in range(T):
-        qvec, tvec, camera_id, name = images[t + 1]
+        qvec, tvec, camera_id, name, _ = images[t + 1]
         assert camera_id == 1 and name == f"{t:05d}.png" and qvec[0] >= 0
         world2cam = np.eye(4)
         world2cam[:3, :3], world2cam[:3, 3] = quat_wxyz_to_rotmat(qvec), tvec
@@ -324,7 +364,7 @@ def test_colmap_model(result, tmp_path: Path) -> None:
     candidate_colors = rgb[static]
     assert sorted(points) == list(range(1, 51)) and len(candidates) > 50
     rows = []
-    for xyz, color, error in points.values():
+    for xyz, color, error, _ in points.values():
         match = np.flatnonzero((candidates == xyz.astype(np.float32)).all(1))
         assert len(match) >= 1 and error == 0
         np.testing.assert_array_equal(candidate_colors[match[0]], color)
@@ -355,6 +395,105 @@ def test_colmap_per_frame_cameras_and_unique_names(tmp_path: Path) -> None:
     ColmapExporter()(fake_result(scene, images, collide), tmp_path / "collide")
     _, collided, _ = read_colmap(tmp_path / "collide" / "scene" / "colmap")
     assert [collided[t + 1][3] for t in range(T)] == [f"{t:04d}_frame.png" for t in range(T)]
+
+
+@pytest.mark.parametrize("max_points", [50, 100_000])
+def test_colmap_points_are_tracked_to_their_pixel(result, tmp_path: Path, max_points: int) -> None:
+    """Checked by hand: each point has one observation, the 2D point it names names it back, sits at the
+    centre of the pixel the point came from, and the written camera projects the point onto it."""
+    ColmapExporter(max_points=max_points)(result, tmp_path)
+    cameras, images, points = read_colmap(tmp_path / "scene" / "colmap")
+    pts3d, rgb = result.scene.pts3d.numpy(), result.frames.rgb()
+    assert sum(len(image[4]) for image in images.values()) == len(points)
+    for point_id, (xyz, color, _, track) in points.items():
+        assert track.shape == (1, 2)
+        image_id, point2d = track[0]
+        qvec, tvec, camera_id, _, observations = images[image_id]
+        x, y, named = observations[point2d]
+        assert named == point_id
+        col, row = x - 0.5, y - 0.5
+        assert col == int(col) and row == int(row)
+        np.testing.assert_array_equal(pts3d[image_id - 1, int(row), int(col)], xyz.astype(np.float32))
+        np.testing.assert_array_equal(rgb[image_id - 1, int(row), int(col)], color)
+        fx, fy, cx, cy = cameras[camera_id][3]
+        cam = quat_wxyz_to_rotmat(qvec) @ xyz + tvec
+        projected = np.array([fx * cam[0] / cam[2] + cx, fy * cam[1] / cam[2] + cy])
+        assert np.abs(projected - [x, y]).max() < 1.0
+    for observations in (image[4] for image in images.values()):
+        # within an image, the 2D points follow pixel order (row-major)
+        order = (observations[:, 1] - 0.5) * W + observations[:, 0] - 0.5
+        assert (np.diff(order) > 0).all()
+
+
+def test_colmap_reads_back_with_pycolmap(tmp_path: Path) -> None:
+    """pycolmap reads the model; every point has a track, and pycolmap's own projection of each point
+    with the written camera and pose lands within a pixel of its 2D point."""
+    pycolmap = pytest.importorskip("pycolmap")
+    scene, images = synthetic_scene()
+    scene.intrinsics[2, 0, 0] += 1.0  # per-frame cameras
+    ColmapExporter(max_points=200)(fake_result(scene, images), tmp_path)
+    model = pycolmap.Reconstruction(str(tmp_path / "scene" / "colmap"))
+    assert len(model.images) == T and len(model.points3D) == 200
+    assert sum(image.num_points3D for image in model.images.values()) == 200
+    for point in model.points3D.values():
+        assert point.track.length() >= 1
+        for element in point.track.elements:
+            image = model.images[element.image_id]
+            observed = image.points2D[element.point2D_idx]
+            assert observed.has_point3D()
+            assert np.abs(image.project_point(point.xyz) - observed.xy).max() < 1.0
+
+
+# --- nerfstudio -------------------------------------------------------------------------------------
+
+# The fields below are checked against nerfstudio's documented format (docs "Data conventions" /
+# "nerfstudio data format", and what its `nerfstudio_dataparser` reads), since nerfstudio itself is not
+# installable here: top-level `camera_model` "OPENCV"; per frame `file_path` and `mask_path` relative to
+# the JSON's folder, `transform_matrix` 4x4 camera-to-world with OpenGL camera axes (x right, y up,
+# z back), and per-frame `fl_x fl_y cx cy w h` (allowed when they are not at the top level); missing
+# distortion keys read as 0; masks single-channel, same size as the image, 0 = ignore; pixel centres at
+# +0.5 (`Cameras.get_image_coords(pixel_offset=0.5)`); frames sorted by file name.
+NERFSTUDIO_FRAME_KEYS = {"file_path", "mask_path", "transform_matrix", "fl_x", "fl_y", "cx", "cy", "w", "h"}
+
+
+def test_nerfstudio_round_trip(result, tmp_path: Path) -> None:
+    written = NerfstudioExporter()(result, tmp_path)
+    folder = tmp_path / "scene" / "nerfstudio"
+    assert written[0] == folder / "transforms.json" and len(written) == 1 + 2 * T
+    meta = json.loads((folder / "transforms.json").read_text())
+    assert set(meta) == {"camera_model", "frames"} and meta["camera_model"] == "OPENCV"
+    assert [frame["file_path"] for frame in meta["frames"]] == sorted(f["file_path"] for f in meta["frames"])
+    scene, rgb = result.scene, result.frames.rgb()
+    for t, frame in enumerate(meta["frames"]):
+        assert set(frame) == NERFSTUDIO_FRAME_KEYS and (frame["w"], frame["h"]) == (W, H)
+        # OpenGL camera axes back to OpenCV: flip y and z
+        c2w = np.array(frame["transform_matrix"]) @ np.diag([1.0, -1.0, -1.0, 1.0])
+        np.testing.assert_allclose(c2w, scene.cam2world[t].double().numpy(), atol=1e-6)
+        k = scene.intrinsics[t].double().numpy()
+        np.testing.assert_allclose(
+            [frame["fl_x"], frame["fl_y"], frame["cx"], frame["cy"]],
+            [k[0, 0], k[1, 1], k[0, 2] + 0.5, k[1, 2] + 0.5],
+            rtol=1e-7,
+        )
+        with Image.open(folder / frame["file_path"]) as image:
+            assert image.size == (frame["w"], frame["h"]) and image.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(image), rgb[t])
+        with Image.open(folder / frame["mask_path"]) as mask:
+            assert mask.size == (frame["w"], frame["h"]) and mask.mode == "L"
+            # nerfstudio keeps pixels that are not 0: the static ones
+            np.testing.assert_array_equal(np.asarray(mask) != 0, ~scene.masks[t].numpy())
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_nerfstudio_without_masks_has_no_mask_path(tmp_path: Path) -> None:
+    scene, images = synthetic_scene()
+    scene.masks = None
+    NerfstudioExporter()(fake_result(scene, images), tmp_path)
+    folder = tmp_path / "scene" / "nerfstudio"
+    assert not any(
+        "mask_path" in frame for frame in json.loads((folder / "transforms.json").read_text())["frames"]
+    )
+    assert not (folder / "masks").exists()
 
 
 # --- scene.safetensors -------------------------------------------------------------------------------
@@ -399,7 +538,7 @@ def test_no_scene_no_files(tmp_path: Path) -> None:
 
 
 def test_scene_exporters_are_deterministic_and_registered(result, tmp_path: Path) -> None:
-    names = ("trajectory", "depth", "pointcloud", "colmap", "scene")
+    names = NAMES
 
     def export(folder: Path) -> dict[str, bytes]:
         paths = [p for name in names for p in registry("exporters").create({"name": name})(result, folder)]
@@ -441,7 +580,7 @@ def test_recipe_sets_colmap_points(result, tmp_path: Path) -> None:
     assert len([line for line in lines if not line.startswith("#")]) == 7
 
 
-@pytest.mark.parametrize("name", ["trajectory", "depth", "pointcloud", "colmap", "scene"])
+@pytest.mark.parametrize("name", NAMES)
 def test_documented_defaults_write_the_same_bytes(result, tmp_path: Path, name: str) -> None:
     properties = schema_fragments()[f"export/{name}"].get("properties", {})
     item = json.dumps({"name": name, **{key: spec["default"] for key, spec in properties.items()}})

@@ -17,7 +17,13 @@ from easi3r.api import create_exporters
 from easi3r.pipeline import PassResult, RunResult
 from easi3r.plugins import registry, schema_fragments
 from easi3r.recipes import load_recipe, validate_recipe
-from easi3r.strategies.exporters import MapExporter, MaskExporter, OverlayExporter
+from easi3r.strategies.exporters import (
+    MapExporter,
+    MapVideoExporter,
+    MaskExporter,
+    OverlayExporter,
+    OverlayVideoExporter,
+)
 from easi3r.types import DynamicMasks, Encoded, FrameMaps, Frames, PairOutputs
 
 T, H, W, NH, NW, C = 3, 32, 48, 2, 3, 5
@@ -172,6 +178,52 @@ def test_overview_caps_columns_and_thumbnail_width() -> None:
         writers.overview([("a", [np.zeros((4, 4), np.uint8)]), ("b", [])])
 
 
+def test_overview_draws_legends_at_the_rows_right_end() -> None:
+    image = np.zeros((36, 64, 3), np.uint8)
+    rows = [("a", [image] * 2), ("b", [image] * 2)]
+    plain = writers.overview(rows)
+    legend = writers.overview(rows, legends={"b": writers.colorbar})
+    bar = writers.colorbar(36)
+    assert legend.shape[0] == plain.shape[0] and legend.shape[1] == plain.shape[1] + bar.shape[1] + 2
+    top = plain.shape[0] - 2 - 36  # the last row's cells
+    np.testing.assert_array_equal(legend[top : top + 36, plain.shape[1] : plain.shape[1] + bar.shape[1]], bar)
+    np.testing.assert_array_equal(legend[:, : plain.shape[1]], plain)
+
+
+def test_colorbar_and_swatch() -> None:
+    bar = writers.colorbar(50)
+    assert bar.shape[0] == 50 and bar.dtype == np.uint8
+    np.testing.assert_array_equal(bar[0, 0], writers.colorize(np.ones((1, 1)))[0, 0])  # 1 at the top
+    np.testing.assert_array_equal(bar[-1, 0], writers.colorize(np.zeros((1, 1)))[0, 0])
+    entry = writers.swatch(30, (255, 0, 64), "dynamic")
+    assert entry.shape[0] == 30 and (entry == np.array([255, 0, 64], np.uint8)).all(axis=2).sum() == 12 * 12
+
+
+def test_side_by_side_labels_every_panel() -> None:
+    panels = [(name, np.full((20, 30, 3), 100 + i, np.uint8)) for i, name in enumerate(("x", "y", "z"))]
+    row = writers.side_by_side(panels, legend=writers.colorbar)
+    width = 30 + writers.colorbar(20).shape[1] + 2
+    assert row.shape[1] == 3 * (width + 2) - 2 and row.shape[0] > 20
+    for i in range(3):
+        assert (row[-20:, i * (width + 2) : i * (width + 2) + 30] == 100 + i).all()
+    with pytest.raises(ValueError, match="every panel"):
+        writers.side_by_side([("a", np.zeros((2, 2, 3), np.uint8)), ("b", np.zeros((2, 3, 3), np.uint8))])
+
+
+def test_write_mp4_pads_odd_sizes_and_is_deterministic(tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    frames = [np.full((33, 47, 3), 40 * t, np.uint8) for t in range(4)]
+    first = writers.write_mp4(tmp_path / "a" / "v.mp4", frames, fps=5)
+    assert first.read_bytes() == writers.write_mp4(tmp_path / "w.mp4", iter(frames), fps=5).read_bytes()
+    reader = imageio.get_reader(first)
+    read = [np.asarray(frame) for frame in reader]
+    assert reader.get_meta_data()["fps"] == 5
+    reader.close()
+    assert len(read) == 4 and read[0].shape == (34, 48, 3)
+    assert np.abs(read[2][:33, :47].astype(int) - 80).max() <= 3
+
+
 def test_save_safetensors_keeps_dtypes(tmp_path: Path) -> None:
     tensors = {
         "flag": torch.tensor([[True, False]]),
@@ -251,7 +303,11 @@ def test_map_exporter(result, tmp_path: Path) -> None:
     rows = 1 + len(names) + 1  # RGB, six maps, mask overlay
     assert overview.ndim == 3 and overview.shape[2] == 3
     assert rows * H <= overview.shape[0] <= rows * (H + 8) + 40  # thumbnails at frame size plus labels
-    assert T * W <= overview.shape[1] <= T * (W + 8) + 200
+    assert T * W <= overview.shape[1] <= T * (W + 8) + 300  # plus labels and legends
+    bar = writers.colorbar(H)
+    top = overview.shape[0] - 2 * (H + 2)  # the refined map's row, above the overlays'
+    legend_x = overview.shape[1] - writers.swatch(H, (255, 0, 64), "dynamic").shape[1] - 2  # the widest
+    np.testing.assert_array_equal(overview[top : top + H, legend_x : legend_x + bar.shape[1]], bar)
 
 
 def test_overlay_exporter(result, tmp_path: Path) -> None:
@@ -265,9 +321,30 @@ def test_overlay_exporter(result, tmp_path: Path) -> None:
         assert changed.any() == masks[t].any()
 
 
+def test_video_exporters(result, tmp_path: Path) -> None:
+    import imageio.v2 as imageio
+
+    assert OverlayVideoExporter(fps=4)(result, tmp_path) == [tmp_path / "overlays.mp4"]
+    assert MapVideoExporter()(result, tmp_path) == [tmp_path / "maps.mp4"]
+    for name, height in (("overlays.mp4", H), ("maps.mp4", None)):
+        reader = imageio.get_reader(tmp_path / name)
+        frames = [np.asarray(frame) for frame in reader]
+        reader.close()
+        assert len(frames) == T
+        assert height is None or frames[0].shape == (H, W, 3)
+    with pytest.raises(ValueError, match="fps"):
+        OverlayVideoExporter(fps=0)
+
+
 def test_exporters_write_nothing_without_masks(tmp_path: Path) -> None:
     bare = fake_result(None)
-    for exporter in (MaskExporter(), MapExporter(), OverlayExporter()):
+    for exporter in (
+        MaskExporter(),
+        MapExporter(),
+        OverlayExporter(),
+        OverlayVideoExporter(),
+        MapVideoExporter(),
+    ):
         assert exporter(bare, tmp_path) == []
     assert not any(tmp_path.iterdir())
 
@@ -285,6 +362,9 @@ def test_exporters_are_registered() -> None:
     assert isinstance(exporters.create({"name": "masks"}), MaskExporter)
     assert exporters.create({"name": "maps", "overview_columns": 4}).overview_columns == 4
     assert exporters.create({"name": "overlays", "alpha": 0.3}).alpha == 0.3
+    assert exporters.create({"name": "masks", "resolution": "source"}).resolution == "source"
+    assert exporters.create({"name": "overlays_video", "fps": 24}).fps == 24
+    assert isinstance(exporters.create({"name": "maps_video"}), MapVideoExporter)
 
 
 # --- exporters set from a recipe ------------------------------------------------------------------
@@ -326,7 +406,7 @@ def test_recipe_sets_overlay_alpha(result, tmp_path: Path) -> None:
     assert half.keys() == opaque.keys() and half != opaque
 
 
-@pytest.mark.parametrize("name", ["masks", "maps", "overlays"])
+@pytest.mark.parametrize("name", ["masks", "maps", "overlays", "overlays_video", "maps_video"])
 def test_documented_defaults_write_the_same_bytes(result, tmp_path: Path, name: str) -> None:
     defaults = {
         key: spec["default"] for key, spec in schema_fragments()[f"export/{name}"]["properties"].items()

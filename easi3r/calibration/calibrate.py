@@ -8,8 +8,8 @@ scored on the report half, and the whole lot is written to the output folder (:m
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +37,8 @@ from easi3r.recipes import create_strategy
 
 __all__ = ["Calibration", "calibrate"]
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Calibration:
@@ -61,9 +63,10 @@ def calibrate(
     """Calibrate on ``sequences`` and write the report into ``out_dir`` (complete or not at all).
 
     ``recipe_ref`` is how the calibrated recipe names its base (a recipe name, or a path); ``backbone``
-    replaces the recipe's (tests plant a signal in one).
+    replaces the recipe's (tests plant a signal in one). ``log`` gets the progress lines (default: this
+    module's logger).
     """
-    log = log or (lambda line: print(f"easi3r calibrate: {line}", file=sys.stderr))
+    log = log or logger.info
     if len(sequences) == 1:  # one sequence: its frames are split, the statistics are the whole sequence's
         log("one sequence: its first and second halves are the selection and the report halves")
     with claim_output_dir(out_dir, overwrite=overwrite, log=log):

@@ -32,6 +32,7 @@ Started by ``torchrun``, the processes share the sequences out and rank 0 writes
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -60,6 +61,8 @@ from easi3r.eval.metrics import (
     write_tum,
 )
 from easi3r.plugins import did_you_mean, one_line
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["MASK_CONVENTIONS", "SequenceResult", "Summary", "evaluate", "network_geometry", "to_network_grid"]
 
@@ -191,7 +194,7 @@ def evaluate(
 
     ``sequences`` picks sequences by name (``["all"]``: every one found; None: the dataset's standard
     split). ``overrides`` apply to every run, after the overrides the dataset's protocol needs.
-    ``log`` receives one line per finished sequence. Problems with the arguments, the dataset root or an
+    ``log`` receives one line per finished sequence (default: this module's logger). Problems with the arguments, the dataset root or an
     existing ``out_dir`` (without ``overwrite``) raise :class:`Easi3RError` before anything runs.
     """
     from easi3r.devices import check_device
@@ -233,8 +236,9 @@ def evaluate(
                 reader.load, Path(root), name, recipe, run_overrides, out, depth_align
             )
             results.append(result)
-            if log is not None:
-                log(f"{ranks.log_prefix}[{position}/{len(names)}] {name}: {_one_line_result(result)}")
+            (log or logger.info)(
+                f"{ranks.log_prefix}[{position}/{len(names)}] {name}: {_one_line_result(result)}"
+            )
         results = ranks.gather(results)
 
         summary = Summary(
