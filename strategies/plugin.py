@@ -102,6 +102,7 @@ def easi3r_exporters() -> dict[str, Any]:
         "pointcloud": _lazy("scene_exporters", "PointCloudExporter"),
         "colmap": _lazy("scene_exporters", "ColmapExporter"),
         "nerfstudio": _lazy("scene_exporters", "NerfstudioExporter"),
+        "rerun": _lazy("scene_exporters", "RerunExporter"),
         "scene": _lazy("scene_exporters", "SceneExporter"),
     }
 

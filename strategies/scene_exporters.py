@@ -1,5 +1,5 @@
 """Exporters of the aligned scene (``result.scene``): trajectory, depth, point clouds, COLMAP, nerfstudio,
-safetensors.
+rerun, safetensors.
 
 File layout and conventions: ``docs/outputs.md``, section "Scene (aligned geometry)"; parameters come from
 the recipe as for the mask exporters (:mod:`easi3r.strategies.exporters`). Every exporter writes nothing
@@ -15,6 +15,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,7 @@ from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
 from easi3r import writers
+from easi3r.errors import Easi3RError
 from easi3r.outputs import REFERENCE_GLB_MIN_CONF
 from easi3r.strategies.exporters import ExporterBase
 from easi3r.strategies.trajectory_plot import plot_trajectory
@@ -500,6 +502,70 @@ class NerfstudioExporter(AlignedSceneExporter):
         path = folder / "transforms.json"
         path.write_text(json.dumps({"camera_model": "OPENCV", "frames": frames}, indent=2) + "\n")
         return [path, *written]
+
+
+# --- rerun -----------------------------------------------------------------------------------------
+
+
+def _import_rerun() -> ModuleType:
+    """rerun-sdk is an optional extra: without it, one line saying how to install it."""
+    try:
+        import rerun
+    except ImportError:
+        raise Easi3RError("the rerun exporter needs rerun-sdk: pip install 'easi3r[rerun]'") from None
+    return rerun
+
+
+class RerunExporter(AlignedSceneExporter):
+    """``scene/recording.rrd``, a rerun recording with a ``frame`` timeline: per frame the kept world
+    points ``world/points/static`` and ``world/points/dynamic`` (the frame's colours), the camera
+    ``world/camera`` (cam2world and pinhole intrinsics, OpenCV axes), and under it the RGB ``image`` and,
+    when the scene has masks, the dynamic ``mask`` (0 static, 1 dynamic).
+
+    ``max_points_per_frame``: at most this many points per frame (a fixed-seed draw over both clouds);
+    ``min_conf``: keep pixels whose raw confidence exceeds it, as :class:`PointCloudExporter`.
+    """
+
+    def __init__(self, max_points_per_frame: int = 20_000, min_conf: float = REFERENCE_GLB_MIN_CONF) -> None:
+        if max_points_per_frame < 1:
+            raise ValueError(f"max_points_per_frame must be >= 1, got {max_points_per_frame}")
+        # checked when the exporter is built, so a missing SDK fails before anything is written
+        _import_rerun()
+        self.max_points_per_frame = max_points_per_frame
+        self.min_conf = min_conf
+
+    def write(self, result: RunResult, scene: Scene, folder: Path) -> list[Path]:
+        rr = _import_rerun()
+        path = folder / "recording.rrd"
+        rec = rr.RecordingStream("easi3r")
+        # a file sink only: no viewer is spawned and no port is opened
+        rec.save(path)
+        points, rgb = _np(scene.pts3d), result.frames.rgb()
+        kept, dynamic = _kept(scene, self.min_conf), _dynamic(scene)
+        c2w = _np(scene.cam2world).astype(np.float64)
+        intrinsics = _np(scene.intrinsics).astype(np.float64)
+        height, width = (int(n) for n in scene.depth.shape[1:])
+        rng = np.random.default_rng(0)
+        if scene.masks is not None:
+            labels = [(0, "static", (0, 0, 0, 0)), (1, "dynamic", (255, 0, 0, 160))]
+            rec.log("world/camera/mask", rr.AnnotationContext(labels), static=True)
+        for t in range(len(scene)):
+            rec.set_time("frame", sequence=t)
+            index = np.flatnonzero(kept[t])
+            if len(index) > self.max_points_per_frame:
+                index = np.sort(rng.choice(index, self.max_points_per_frame, replace=False))
+            moving = dynamic[t].reshape(-1)[index]
+            frame_points, frame_rgb = points[t].reshape(-1, 3)[index], rgb[t].reshape(-1, 3)[index]
+            for name, select in (("static", ~moving), ("dynamic", moving)):
+                rec.log(f"world/points/{name}", rr.Points3D(frame_points[select], colors=frame_rgb[select]))
+            rec.log("world/camera", rr.Transform3D(translation=c2w[t, :3, 3], mat3x3=c2w[t, :3, :3]))
+            rec.log("world/camera", rr.Pinhole(image_from_camera=intrinsics[t], resolution=[width, height]))
+            rec.log("world/camera/image", rr.Image(rgb[t]))
+            if scene.masks is not None:
+                rec.log("world/camera/mask", rr.SegmentationImage(dynamic[t].astype(np.uint8)))
+        # the file is complete only once the stream's buffered messages are written
+        rec.flush()
+        return [path]
 
 
 # --- everything numeric ------------------------------------------------------------------------------

@@ -487,7 +487,7 @@ def test_unknown_plugin_name(cfg) -> None:
     cfg.refine.name = "kmeans"
     cfg.export.exporters = ["masks", "mapz"]
     assert error_of(cfg) == (
-        "recipe key 'export.exporters[1]': unknown exporter 'mapz'; installed: colmap, depth, maps, maps_video, masks, nerfstudio, overlays, overlays_video, pointcloud, scene, trajectory; did you mean 'maps'?"
+        "recipe key 'export.exporters[1]': unknown exporter 'mapz'; installed: colmap, depth, maps, maps_video, masks, nerfstudio, overlays, overlays_video, pointcloud, rerun, scene, trajectory; did you mean 'maps'?"
     )
 
 
