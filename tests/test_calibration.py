@@ -91,6 +91,7 @@ def _synthetic_sequences(count: int) -> list[LabelledSequence]:
     return sequences
 
 
+@pytest.mark.slow
 def test_a_planted_signal_is_ranked_first_and_the_formula_finds_it(tmp_path):
     sequences = _synthetic_sequences(4)
     token_masks = {

@@ -35,6 +35,7 @@ def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_piped_run_logs_every_stage_its_progress_and_timings(tmp_path):
     out = tmp_path / "out"
     done = _run(out)
@@ -54,6 +55,7 @@ def test_a_piped_run_logs_every_stage_its_progress_and_timings(tmp_path):
     assert timings["total_seconds"] >= max(s["seconds"] for s in timings["stages"])
 
 
+@pytest.mark.slow
 def test_quiet_prints_the_output_path_and_warnings_only(tmp_path):
     out = tmp_path / "out"
     done = _run(out, "-q")
@@ -62,6 +64,7 @@ def test_quiet_prints_the_output_path_and_warnings_only(tmp_path):
     assert done.stderr.splitlines() == [WARNING]
 
 
+@pytest.mark.slow
 def test_resume_says_which_chunks_it_reused(tmp_path):
     out = tmp_path / "out"
     first = _run(out, "scale.stream=true", "--keep-cache", "-q")

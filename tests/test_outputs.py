@@ -77,6 +77,7 @@ STUCK_WRITING = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_and_a_killed_runs_leftovers_go(capsys, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
