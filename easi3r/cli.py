@@ -30,6 +30,16 @@ from easi3r.logs import LEVELS, log_to_stderr
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe override key=value
 
 
+def _backbone_overrides(args: argparse.Namespace) -> list[str]:
+    """``--checkpoint`` and ``--device`` as the recipe overrides they stand for."""
+    overrides = []
+    if args.checkpoint is not None:
+        overrides.append(f"backbone.checkpoint={args.checkpoint}")
+    if args.device is not None:
+        overrides.append(f"backbone.device={args.device}")
+    return overrides
+
+
 def _run(args: argparse.Namespace) -> int:
     from easi3r import distributed
     from easi3r.api import run
@@ -41,10 +51,7 @@ def _run(args: argparse.Namespace) -> int:
         raise Easi3RError("no frames given: pass a folder, image files or a video before the overrides")
     if args.masks_final and args.masks is None:
         raise Easi3RError("--masks-final needs --masks DIR, the masks to use")
-    if args.checkpoint is not None:
-        overrides.append(f"backbone.checkpoint={args.checkpoint}")
-    if args.device is not None:
-        overrides.append(f"backbone.device={args.device}")
+    overrides += _backbone_overrides(args)
     if args.save_intermediates:
         overrides.append("export.save_intermediates=true")
     recipe = load_recipe(args.recipe, overrides)
@@ -77,11 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from easi3r.eval.runner import evaluate
 
-    overrides = list(args.overrides)
-    if args.checkpoint is not None:
-        overrides.append(f"backbone.checkpoint={args.checkpoint}")
-    if args.device is not None:
-        overrides.append(f"backbone.device={args.device}")
+    overrides = [*args.overrides, *_backbone_overrides(args)]
     sequences = None
     if args.sequences is not None:
         sequences = [name.strip() for name in args.sequences.split(",") if name.strip()]
@@ -119,11 +122,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from easi3r.devices import check_device
     from easi3r.recipes import load_recipe, validate_recipe
 
-    overrides = list(args.overrides)
-    if args.checkpoint is not None:
-        overrides.append(f"backbone.checkpoint={args.checkpoint}")
-    if args.device is not None:
-        overrides.append(f"backbone.device={args.device}")
+    overrides = [*args.overrides, *_backbone_overrides(args)]
     if (args.source is None) == (args.dataset is None):
         raise Easi3RError("give either SOURCE --masks GT_DIR, or --dataset NAME --root DIR")
     if args.source is not None and args.masks is None:
