@@ -20,7 +20,7 @@ import pytest
 from easi3r.app import RECIPE_DEFAULT, Knobs, collect_results, knob_overrides, sources_of, zip_folder
 from easi3r.cli import main
 from easi3r.errors import Easi3RError
-from tests.test_viewer import CHROMEDRIVER, CHROMIUM, WebDriver, _free_port, _poll
+from tests.test_viewer import WebDriver, _free_port, _poll, headless_chromium
 
 SCREENSHOTS = Path(__file__).parent.parent / "docs" / "images"
 
@@ -95,38 +95,10 @@ def test_app_without_gradio_is_one_line(
 
 @pytest.fixture
 def app_browser(tmp_path: Path) -> Iterator[WebDriver]:
-    """Headless Chromium as in test_viewer's ``browser`` fixture, which also needs viser; this needs gradio."""
+    """test_viewer's headless Chromium, for a page that needs gradio rather than viser."""
     pytest.importorskip("gradio")
-    for program in (CHROMIUM, CHROMEDRIVER):
-        if not program.exists():
-            pytest.skip(f"no {program} (Debian packages chromium and chromium-driver)")
-    port = _free_port()
-    # a process group of its own: ending chromedriver alone leaves the browser running
-    driver_process = subprocess.Popen(
-        [str(CHROMEDRIVER), f"--port={port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    driver = WebDriver(port)
-    try:
-        _poll(driver.ready, 20, "chromedriver did not start")
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
-        args += ["--disable-background-networking", f"--user-data-dir={tmp_path / 'chromium'}"]
-        args += ["--window-size=1280,1000"]
-        capabilities = {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": str(CHROMIUM), "args": args},
-        }
-        session = driver.call("POST", "/session", {"capabilities": {"alwaysMatch": capabilities}})
-        driver.session = session["sessionId"]
+    with headless_chromium(tmp_path / "chromium", window=(1280, 1000)) as driver:
         yield driver
-    finally:
-        try:
-            driver.quit()
-        finally:
-            os.killpg(driver_process.pid, signal.SIGTERM)
-            driver_process.wait(timeout=10)
 
 
 @contextmanager

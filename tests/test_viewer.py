@@ -168,10 +168,10 @@ class WebDriver:
         return self.command("POST", "/execute/sync", {"script": script, "args": []})
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    """Headless Chromium driven through chromedriver."""
-    pytest.importorskip("viser")
+@contextmanager
+def headless_chromium(profile: Path, window: tuple[int, int] = (1024, 768)) -> Iterator[WebDriver]:
+    """Headless Chromium driven through chromedriver, its profile in ``profile``; skips the test where
+    Debian's chromium and chromium-driver are missing."""
     for program in (CHROMIUM, CHROMEDRIVER):
         if not program.exists():
             pytest.skip(f"no {program} (Debian packages chromium and chromium-driver)")
@@ -197,8 +197,8 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chromium'}",
-            "--window-size=1024,768",
+            f"--user-data-dir={profile}",
+            f"--window-size={window[0]},{window[1]}",
         ]
         options = {"binary": str(CHROMIUM), "args": args}
         capabilities = {"browserName": "chrome", "goog:chromeOptions": options}
@@ -212,6 +212,13 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
         finally:
             os.killpg(driver_process.pid, signal.SIGTERM)
             driver_process.wait(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    pytest.importorskip("viser")
+    with headless_chromium(tmp_path / "chromium") as driver:
+        yield driver
 
 
 @contextmanager
