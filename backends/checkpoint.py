@@ -49,10 +49,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from easi3r.errors import CheckpointError
+from easi3r.errors import ArchitectureError, CheckpointError
 
 if TYPE_CHECKING:
     from easi3r.backends.croco import CroCoStereo
@@ -513,10 +514,14 @@ def _given_kwargs(constructor: str | Mapping[str, Any] | None) -> dict[str, Any]
     return given
 
 
-def _read_torch_file(
-    path: Path, given: Mapping[str, Any], extra_safe_globals: tuple[Any, ...]
-) -> tuple[dict[str, Any], dict[str, Tensor], str]:
-    """(constructor kwargs, state dict, how messages name the kwargs' origin) of a ``.pth``."""
+def read_torch_file(path: Path, extra_safe_globals: Iterable[Any] = ()) -> Any:
+    """What a ``.pth``/``.pt`` file holds, read with ``torch.load(weights_only=True)`` on the CPU.
+
+    The file is sniffed first (empty, not a pickle or zip, a zip without ``data.pkl``, a TorchScript
+    module, a cut-off download), and only :data:`SAFE_GLOBALS` plus ``extra_safe_globals`` may be
+    referenced; every failure is a one-line :class:`CheckpointError` naming ``path``. Other networks'
+    loaders (e.g. SEA-RAFT's) read their files through this function too.
+    """
     is_zip = _sniff_torch_file(path)
     with contextlib.ExitStack() as stack:
         # a legacy file is a sequence of self-delimiting records, so a cut-off one fails wherever the
@@ -527,14 +532,21 @@ def _read_torch_file(
             with torch.serialization.safe_globals([*SAFE_GLOBALS, *extra_safe_globals]):
                 # mmap keeps the 2 GB of weights in the page cache instead of a second copy in memory;
                 # only the zip format (torch >= 1.6) supports it.
-                obj = torch.load(source, map_location="cpu", weights_only=True, mmap=is_zip)
+                return torch.load(source, map_location="cpu", weights_only=True, mmap=is_zip)
         except Exception as exc:
             if isinstance(source, _EofWatch) and source.hit_eof:
                 raise CheckpointError(
                     f"checkpoint {path} is truncated: the file ends inside its data"
                 ) from None
             _raise_load_error(exc, path)
-    state_dict, stored = _unpack(obj, path)
+
+
+def _read_torch_file(
+    path: Path, given: Mapping[str, Any], extra_safe_globals: tuple[Any, ...]
+) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    """(constructor kwargs, state dict, how messages name the kwargs' origin) of a ``.pth``."""
+    state_dict, stored = _unpack(read_torch_file(path, extra_safe_globals), path)
+    _refuse_other_architecture(state_dict, path)
     if stored is not None:
         try:
             return parse_constructor(stored)[1], state_dict, f"checkpoint {path}: args.model"
@@ -724,6 +736,13 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    """A CroCo-family safetensors file: another network's is refused from its header, before loading."""
+    _refuse_other_architecture(safetensors_shapes(path), path)
+    return read_safetensors(path)
+
+
+def read_safetensors(path: Path) -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file on the CPU, checked like a ``.pth``'s (:func:`read_state_dict`)."""
     try:
         state_dict = load_file(str(path), device="cpu")
     except Exception as exc:  # SafetensorError and OSError: the file, not the code, is at fault
@@ -732,6 +751,59 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         ) from None
     _check_tensors(state_dict, path)
     return state_dict
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Name → shape of every tensor of a ``.safetensors`` file, from its header alone (no weights read)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as exc:  # SafetensorError and OSError: the file, not the code, is at fault
+        raise CheckpointError(
+            f"checkpoint {path} is not a valid safetensors file: {_first_line(exc)}"
+        ) from None
+
+
+def read_state_dict(
+    source: str | os.PathLike[str], extra_safe_globals: Iterable[Any] = ()
+) -> dict[str, Tensor]:
+    """The state dict of a ``.safetensors`` or ``.pth``/``.pt`` file (a bare state dict or the ``model``
+    entry of a training checkpoint), read safely, with string keys and floating-point tensors only.
+
+    For other networks' loaders; ``.pth`` tensors are memory-mapped where the file format allows.
+    """
+    path = Path(source)
+    _check_path(source, path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {source}: no such file")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return _unpack(read_torch_file(path, extra_safe_globals), path)[0]
+
+
+# Key prefixes that identify a network family by its state dict alone: (family, prefixes all present)
+_FAMILY_KEYS = (
+    ("vggt", ("aggregator.", "camera_head.")),
+    ("croco", ("enc_blocks.", "dec_blocks.")),
+)
+
+
+def architecture_of(keys: Iterable[str]) -> str:
+    """``"vggt"``, ``"croco"`` (DUSt3R, MonST3R) or ``"unknown"``, from state-dict key names alone."""
+    names = [key.removeprefix(_DDP_PREFIX) for key in keys]
+    for family, prefixes in _FAMILY_KEYS:
+        if all(any(name.startswith(prefix) for name in names) for prefix in prefixes):
+            return family
+    return "unknown"
+
+
+def _refuse_other_architecture(keys: Iterable[str], path: Path) -> None:
+    """A checkpoint of another known network family given where a CroCo-family one is expected."""
+    if architecture_of(keys) == "vggt":
+        raise ArchitectureError(
+            f"checkpoint {path} is a VGGT checkpoint (keys aggregator.*, camera_head.*), not a CroCo-family "
+            "(DUSt3R/MonST3R) one; use a VGGT recipe"
+        )
 
 
 def _download(repo_id: str) -> Path:

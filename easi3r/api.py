@@ -15,15 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from easi3r.cache import PREDICTION_KEYS, StoredPredictions
+from easi3r.contracts import FRAME_SET, backbone_kind
 from easi3r.devices import check_device
 from easi3r.distributed import Ranks
-from easi3r.errors import Easi3RError
-from easi3r.estimate import available_memory, estimate_run
+from easi3r.errors import ArchitectureError, Easi3RError
+from easi3r.estimate import available_memory, estimate_frame_set, estimate_run
 from easi3r.execution import Execution, open_streamed
-from easi3r.frames import load_frames
+from easi3r.frames import load_frames_as
 from easi3r.logs import held_until_success
 from easi3r.outputs import claim_output_dir, staged_output_dir
-from easi3r.pipeline import RunResult, Stages, pair_graph
+from easi3r.pipeline import RunResult, Stages, work_units
 from easi3r.pipeline import run as run_pipeline
 from easi3r.plugins import get_plugin_manager, registry
 from easi3r.recipes import (
@@ -34,7 +35,7 @@ from easi3r.recipes import (
     validate_recipe,
 )
 from easi3r.timing import Timings, recording, stage
-from easi3r.types import Frames, PairPredictions
+from easi3r.types import Frames, FrameSetOutputs, PairPredictions
 from easi3r.user_masks import UserMasks, read_user_masks
 from easi3r.windows import alignment_windows
 
@@ -92,17 +93,9 @@ def run(
                 held.enter_context(claim_output_dir(out_dir, overwrite=overwrite, log=log))
 
             ranks.check_on_main(claim)
-        f = cfg.frames
         # at DEBUG: a bad input or checkpoint fails here, and its error stays the only line the run prints
         with stage("load frames", level=logging.DEBUG):
-            frames = load_frames(
-                source,
-                size=f.size,
-                crop=f.crop,
-                square_ok=f.square_ok,
-                stride=f.stride,
-                max_frames=f.max_frames,
-            )
+            frames = load_frames_as(source, cfg.frames)
         user_masks = None
         if masks is not None:
             if not cfg.passes.masks:
@@ -112,8 +105,12 @@ def run(
             user_masks = UserMasks(read_user_masks(masks, source, frames, cfg.frames), final=masks_final)
         # its warnings (random weights) wait for success: a recipe error found here stays the only line
         with stage("build backbone", level=logging.DEBUG), held_until_success():
-            stages = Stages.from_recipe(cfg)
-        pairs = pair_graph(cfg, len(frames))
+            try:
+                stages = Stages.from_recipe(cfg)
+            except ArchitectureError as exc:  # say which recipe wanted which network
+                named = "" if isinstance(recipe, DictConfig) else f"recipe '{recipe}', "
+                raise ArchitectureError(f"{named}backbone '{cfg.backbone.name}': {exc}") from None
+        pairs = work_units(cfg, stages.backbone, len(frames))
         cache_root = Path(cache_dir) if cache_dir is not None else None
         if cache_root is None and out_dir is not None:
             cache_root = Path(out_dir).parent / f"{Path(out_dir).name}.cache"
@@ -155,6 +152,8 @@ def _streams(
     log: Callable[[str], None],
 ) -> bool:
     """Whether the run streams to the cache; prints the memory estimate first (rank 0)."""
+    if backbone_kind(stages.backbone) == FRAME_SET:
+        return _frame_set_in_memory(cfg, frames, pairs, stages, resume, ranks, log)
     window = cfg.scale.align_window
     windows = None
     if window is not None and len(frames) > window:
@@ -179,6 +178,33 @@ def _streams(
     return bool(stream)
 
 
+def _frame_set_in_memory(
+    cfg: DictConfig,
+    frames: Frames,
+    windows: Tensor,
+    stages: Stages,
+    resume: bool,
+    ranks: Ranks,
+    log: Callable[[str], None],
+) -> bool:
+    """A frame-set backbone's windows run in memory (their outputs are per frame, not per pair): say the
+    estimate, and refuse what needs the run cache."""
+    if resume or ranks.world_size > 1 or cfg.scale.stream is True:
+        why = "--resume" if resume else "torchrun" if ranks.world_size > 1 else "scale.stream=true"
+        raise Easi3RError(
+            f"{why} needs the run cache, which frame-set backbones (backbone '{cfg.backbone.name}') do not "
+            "use yet: their windows run in memory"
+        )
+    estimate = estimate_frame_set(frames.images, windows, stages.backbone)
+    available = available_memory()
+    if ranks.is_main:
+        log(estimate.describe(available))
+        advice = estimate.advice(available)
+        if advice is not None:
+            log(advice)
+    return False
+
+
 def _write(result: RunResult, out_dir: str | Path, overwrite: bool, timings: Timings) -> None:
     with staged_output_dir(out_dir, overwrite=overwrite) as staging:
         with stage("write outputs"):
@@ -196,9 +222,13 @@ def write_outputs(result: RunResult, out_dir: Path) -> list[Path]:
     exporters = create_exporters(result.recipe)  # before writing: a bad parameter leaves nothing half-done
     written = [out_dir / "run.yaml"]
     written[0].write_text(resolved_recipe_yaml(result.recipe))
-    pred = result.final_pass.outputs.predictions
-    if pred is not None:
-        written.append(write_pair_predictions(out_dir / "pair_predictions.safetensors", result.pairs, pred))
+    outputs = result.final_pass.outputs
+    if isinstance(outputs, FrameSetOutputs):
+        if outputs.predictions is not None:
+            written.append(write_frame_set_predictions(out_dir / "frame_predictions.safetensors", outputs))
+    elif outputs.predictions is not None:
+        path = out_dir / "pair_predictions.safetensors"
+        written.append(write_pair_predictions(path, result.pairs, outputs.predictions))
     if result.recipe.export.save_intermediates:
         tensors, metadata = intermediates(result)
         path = out_dir / "intermediates.safetensors"
@@ -222,6 +252,17 @@ def create_exporters(recipe: DictConfig) -> list[Exporter]:
             section.setdefault("dilate", export["dilate"])
         exporters.append(registry("exporters").create(section, key=f"export.exporters[{i}]"))
     return exporters
+
+
+def write_frame_set_predictions(path: Path, outputs: FrameSetOutputs) -> Path:
+    """``windows`` and each window's predictions as ``windowK/NAME`` (cameras in that window's world)."""
+    from easi3r.intermediates import FRAME_SET_KEYS
+    from easi3r.writers import save_safetensors
+
+    tensors = {"windows": outputs.windows}
+    for k, prediction in enumerate(outputs.predictions or ()):
+        tensors |= {f"window{k}/{name}": getattr(prediction, name) for name in FRAME_SET_KEYS}
+    return save_safetensors(path, tensors)
 
 
 def write_pair_predictions(

@@ -13,6 +13,11 @@ returns the attention output (before the output projection). Two kinds of strate
 
 Shapes: ``q (B, heads, Nq, d)``, ``k, v (B, heads, Nk, d)``, masks ``(B, Nq)`` / ``(B, Nk)`` bool with
 ``True`` = dynamic token.
+
+A frame-set backbone calls one :class:`GlobalAttentionHook` per window in each global-attention layer with
+the q, k, v of all the window's tokens; its capture (:class:`~easi3r.contracts.FrameSetCapture`) sees the
+patch tokens frame by frame, and re-weighting uses the same policies as the pairwise case, with the
+window's tokens as both queries and keys.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from easi3r.contracts import CaptureStrategy, ReweightPolicy
+from easi3r.contracts import CaptureStrategy, ReweightPolicy, WindowCapture
 
 
 def fused_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
@@ -48,6 +53,14 @@ class Reweight:
         """The re-weighting of one batch of ordered ``pairs (B, 2)``, its masks on ``device``."""
         masks = self.token_masks.to(device)
         return BatchReweighting(self, masks[pairs[:, 0]], masks[pairs[:, 1]])
+
+    def for_window(self, start: int, end: int, special_tokens: int, device: torch.device | str) -> Tensor:
+        """``(1, S·P)`` bool: the dynamic tokens of frames ``[start, end)`` laid out as a frame-set
+        backbone's global attention sees them, each frame's ``special_tokens`` (camera, registers) first
+        and never dynamic."""
+        masks = self.token_masks[start:end].to(device)
+        special = torch.zeros(len(masks), special_tokens, dtype=torch.bool, device=device)
+        return torch.cat([special, masks], dim=1).reshape(1, -1)
 
 
 @dataclass
@@ -93,6 +106,37 @@ class AttentionHook:
             query_dynamic, key_dynamic = self.reweighting.masks(self.decoder)
             return self.reweighting.reweight.policy(q, k, v, scale, query_dynamic, key_dynamic)
         return fused_attention(q, k, v, scale)
+
+
+@dataclass
+class GlobalAttentionHook:
+    """What one window's global-attention layers do with their rotated q, k and v (frame-set backbones).
+
+    ``frames`` frames of ``special_tokens + N`` tokens each; ``capture`` sees the patch tokens of the layers
+    it reads; ``reweight`` (with the window's ``dynamic`` token mask from :meth:`Reweight.for_window`)
+    computes the output in its layers.
+    """
+
+    frames: int
+    special_tokens: int
+    capture: WindowCapture | None = None
+    capture_layers: frozenset[int] = frozenset()
+    reweight: Reweight | None = None
+    dynamic: Tensor | None = None
+
+    def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        if self.capture is not None and layer in self.capture_layers:
+            self.capture(layer, self._patches(q), self._patches(k))
+        reweight = self.reweight
+        if reweight is not None and (reweight.layers is None or layer in reweight.layers):
+            return reweight.policy(q, k, v, scale, self.dynamic, self.dynamic)
+        return fused_attention(q, k, v, scale)
+
+    def _patches(self, x: Tensor) -> Tensor:
+        """``(1, heads, S·P, d)`` → ``(S, heads, N, d)``: each frame's patch tokens."""
+        _, heads, _, dim = x.shape
+        per_frame = x.reshape(heads, self.frames, -1, dim).transpose(0, 1)
+        return per_frame[:, :, self.special_tokens :]
 
 
 def pixel_to_token_masks(masks: Tensor, patch_size: int) -> Tensor:

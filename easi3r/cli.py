@@ -17,14 +17,15 @@ in the summary it writes).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from easi3r import __version__
-from easi3r.errors import Easi3RError, one_line
+from easi3r.errors import ArchitectureError, Easi3RError, one_line
 from easi3r.logs import LEVELS, log_to_stderr
 
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")  # a recipe override key=value
@@ -38,6 +39,15 @@ def _backbone_overrides(args: argparse.Namespace) -> list[str]:
     if args.device is not None:
         overrides.append(f"backbone.device={args.device}")
     return overrides
+
+
+@contextlib.contextmanager
+def _naming_recipe(recipe: str) -> Iterator[None]:
+    """A checkpoint of the wrong network family: the message names the recipe that asked for the other."""
+    try:
+        yield
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"recipe '{recipe}', {exc}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -57,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, overrides)
     validate_recipe(recipe)  # before its device is read: a recipe file may lack any section
     device = str(recipe.backbone.device)
-    with distributed.join(device) as ranks:  # torchrun: the ranks share the pairs of this one video
+    with distributed.join(device) as ranks, _naming_recipe(args.recipe):
+        # torchrun: the ranks share the pairs of this one video
         result = run(
             sources[0] if len(sources) == 1 else sources,
             recipe,
@@ -74,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     if not ranks.is_main:
         return 0
     masks = result.masks
-    summary = f"{len(result.frames)} frames, {len(result.pairs)} pairs"
+    summary = f"{len(result.frames)} frames, {len(result.pairs)} {result.unit_name}"
     if masks is not None:
         summary += f", dynamic pixels {100 * masks.masks.float().mean():.1f}%"
     print(f"easi3r: wrote {args.out} ({summary})")

@@ -42,7 +42,7 @@ def run_demo(out_dir: Path, *, overwrite: bool = False) -> None:
     masks = result.masks
     share = 100 * float(masks.masks.float().mean()) if masks is not None else 0.0
     print(
-        f"easi3r demo: wrote {out_dir} ({len(result.frames)} frames, {len(result.pairs)} pairs, "
+        f"easi3r demo: wrote {out_dir} ({len(result.frames)} frames, {len(result.pairs)} {result.unit_name}, "
         f"dynamic pixels {share:.1f}%; see {out_dir}/overview.png)\n"
         "easi3r demo: the bundled model has RANDOM weights, so these masks are not meaningful. For real "
         "results download an official checkpoint (e.g. DUSt3R_ViTLarge_BaseDecoder_512_dpt.pth) and run\n"

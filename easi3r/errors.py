@@ -23,6 +23,11 @@ class CheckpointError(Easi3RError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
+class ArchitectureError(CheckpointError):
+    """A checkpoint of another network family than the recipe's backbone (e.g. VGGT weights given to a
+    DUSt3R recipe); the run names the recipe in front of the loader's message."""
+
+
 class FrameError(Easi3RError):
     """Frames that cannot be read: missing, empty, corrupt, too few."""
 

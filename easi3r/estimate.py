@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from torch import Tensor
 
-__all__ = ["RunEstimate", "available_memory", "estimate_run"]
+__all__ = ["FrameSetEstimate", "RunEstimate", "available_memory", "estimate_frame_set", "estimate_run"]
 
 GiB = 1024**3
 RUNTIME_BYTES = int(0.4 * GiB)  # the interpreter, torch and the libraries, before any tensor
@@ -114,6 +114,71 @@ def estimate_run(
         alignment_inputs=0 if aligns_nothing else align_pairs * pair_pixels,
         scene=n_frames * height * width * 7 * 4,
         window=None if windows is None else windows[0][1] - windows[0][0],
+    )
+
+
+_FRAME_SET_FLOATS = 10  # per pixel of a frame: pose-free depth + confidence, points + confidence, kept twice
+
+
+@dataclass
+class FrameSetEstimate:
+    """Peak-memory estimate of a run of a frame-set backbone (windows of frames, in memory), in bytes."""
+
+    frames: int
+    windows: int
+    window: int  # frames in the largest window
+    size: tuple[int, int]
+    model: int
+    images: int  # frames and their embeddings
+    activations: int  # one window's forward, as the backbone reckons it (0: the backbone does not say)
+    outputs: int  # every window's predictions and the captured maps
+    scene: int
+
+    def total(self) -> int:
+        return RUNTIME_BYTES + self.model + self.images + self.activations + self.outputs + self.scene
+
+    def describe(self, available: int | None) -> str:
+        """The one line printed before a run."""
+        height, width = self.size
+        activations = _gib(self.activations) if self.activations else "not reckoned by the backbone"
+        line = (
+            f"{self.frames} frames of {width}×{height} in {self.windows} window(s) of up to {self.window} "
+            f"frames; estimated peak memory {_gib(self.total())} GiB (model {_gib(self.model)}, frames and "
+            f"embeddings {_gib(self.images)}, one window's forward {activations}, outputs "
+            f"{_gib(self.outputs)}, scene {_gib(self.scene)})"
+        )
+        if available is not None:
+            line += f" of {_gib(available)} GiB available"
+        return line
+
+    def advice(self, available: int | None) -> str | None:
+        if available is None or self.total() <= available:
+            return None
+        return "the estimate exceeds the available memory: try a smaller scale.align_window or fewer frames"
+
+
+def estimate_frame_set(images: Tensor, windows: Tensor, backbone: object) -> FrameSetEstimate:
+    """The estimate for ``images`` (T, 3, H, W) run by a frame-set ``backbone`` in ``windows`` (W, 2).
+
+    The forward's working memory comes from the backbone's ``window_bytes(frames, height, width)`` when it
+    has one (it knows its token width and what its heads keep)."""
+    n_frames, _, height, width = images.shape
+    largest = int((windows[:, 1] - windows[:, 0]).max())
+    model = getattr(backbone, "model", None)
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+    window_bytes = getattr(backbone, "window_bytes", None)
+    embeddings = getattr(backbone, "embedding_bytes", lambda h, w: 0)(height, width) * n_frames
+    covered = int((windows[:, 1] - windows[:, 0]).sum())
+    return FrameSetEstimate(
+        frames=n_frames,
+        windows=len(windows),
+        window=largest,
+        size=(height, width),
+        model=model_bytes,
+        images=images.numel() * images.element_size() + embeddings,
+        activations=0 if window_bytes is None else int(window_bytes(largest, height, width)),
+        outputs=covered * height * width * _FRAME_SET_FLOATS * 4,
+        scene=n_frames * height * width * 7 * 4,
     )
 
 

@@ -29,12 +29,21 @@ from torch import Tensor
 
 from easi3r.attention import Reweight
 from easi3r.cache import PREDICTION_KEYS, RunCache, fingerprint
-from easi3r.contracts import Aligner, Backbone, CaptureStrategy
+from easi3r.contracts import (
+    FRAME_SET,
+    Aligner,
+    Backbone,
+    CaptureStrategy,
+    FrameSetBackbone,
+    FrameSetCapture,
+    backbone_kind,
+)
 from easi3r.distributed import Ranks
+from easi3r.errors import Easi3RError
 from easi3r.outputs import hold_lock
 from easi3r.progress import progress_bar
 from easi3r.recipes import resolved_recipe_yaml
-from easi3r.types import DynamicMasks, Encoded, Frames, PairAttention, PairOutputs, Scene
+from easi3r.types import DynamicMasks, Encoded, Frames, PairAttention, PairOutputs, PassOutputs, Scene
 from easi3r.windows import align_in_windows, alignment_windows
 
 __all__ = ["Execution", "chunk_bounds", "open_streamed"]
@@ -64,17 +73,19 @@ class Execution:
 
     def decode(
         self,
-        backbone: Backbone,
+        backbone: Backbone | FrameSetBackbone,
         encoded: Encoded,
         pairs: Tensor,
         *,
-        capture: CaptureStrategy | None = None,
+        capture: CaptureStrategy | FrameSetCapture | None = None,
         reweight: Reweight | None = None,
         heads: bool = True,
         label: str = "pass",
-    ) -> PairOutputs:
-        """Decode every pair once, with a progress bar; streamed, the predictions stay on disk and the
-        captured maps are gathered from every rank's chunks."""
+    ) -> PassOutputs:
+        """Decode every pair (or window of frames) once, with a progress bar; streamed, the predictions
+        stay on disk and the captured maps are gathered from every rank's chunks."""
+        if backbone_kind(backbone) == FRAME_SET:
+            return self._decode_windows(backbone, encoded, pairs, capture, reweight, heads, label)
         with progress_bar(total=len(pairs), desc=label, unit="pair") as bar:
             if self.cache is None:
                 return backbone.decode(
@@ -111,6 +122,27 @@ class Execution:
         predictions = self.cache.predictions(name, bounds) if heads else None
         return PairOutputs(pairs=pairs.to(torch.long).cpu(), attention=attention, predictions=predictions)
 
+    def _decode_windows(
+        self,
+        backbone: FrameSetBackbone,
+        encoded: Encoded,
+        windows: Tensor,
+        capture: FrameSetCapture | None,
+        reweight: Reweight | None,
+        heads: bool,
+        label: str,
+    ) -> PassOutputs:
+        """A frame-set backbone's windows, in memory: they hold per-frame outputs, far less than pairs."""
+        if self.cache is not None:
+            raise Easi3RError(
+                "frame-set backbones run in memory: drop scale.stream=true, --resume and torchrun for them"
+            )
+        frames = int((windows[:, 1] - windows[:, 0]).sum())
+        with progress_bar(total=frames, desc=label, unit="frame") as bar:
+            return backbone.decode(
+                encoded, windows, capture=capture, reweight=reweight, heads=heads, progress=bar.update
+            )
+
     def on_main(self, step: Callable[[], T], *, share: bool) -> T | None:
         """``step()`` on rank 0 alone, so that every rank goes on with the same result (``share``: sent to
         every rank; otherwise the other ranks get None)."""
@@ -121,15 +153,16 @@ class Execution:
         self,
         aligner: Aligner,
         frames: Frames,
-        outputs: PairOutputs,
+        outputs: PassOutputs,
         masks: DynamicMasks | None,
         scale: DictConfig,
     ) -> Scene | None:
         """The aligner over all frames at once, or window by window (``scale.align_window``): windows are
         cached (a resumed run skips the aligned ones) and dealt over the ranks; rank 0 chains them and
-        the other ranks get None."""
+        the other ranks get None. A frame-set backbone's outputs come in its own windows already: their
+        aligner chains them."""
         window = scale.align_window
-        if window is None or len(frames) <= window:
+        if window is None or len(frames) <= window or not isinstance(outputs, PairOutputs):
             return aligner(frames, outputs, masks, progress_bar) if self.is_main else None
         windows = alignment_windows(len(frames), window, scale.align_overlap)
         store = self.cache.window_store(windows) if self.cache is not None else None

@@ -21,14 +21,29 @@ Deviations from the reference, each because the reference misbehaves in that cas
   are not read as frames;
 * videos are read with imageio's bundled ffmpeg instead of OpenCV, and the reference's ``fps`` subsampling is
   expressed by ``stride`` (keep every k-th decoded frame).
+
+``mode`` chooses the preprocessing (recipe key ``frames.mode``): ``"dust3r"`` is the above; ``"vggt_crop"``
+and ``"vggt_pad"`` follow VGGT's ``load_and_preprocess_images`` (modes "crop" and "pad") with ``size`` as its
+target (518 for VGGT), giving sides that are multiples of 14 (:data:`VGGT_PATCH`):
+
+* ``vggt_crop``: the width becomes ``size`` and the height ``round(h · size / w / 14) · 14`` (BICUBIC, also when
+  shrinking), then a height above ``size`` is centre-cropped to ``size``;
+* ``vggt_pad``: the long side becomes ``size`` and the other ``round(· / 14) · 14`` (BICUBIC), then the image is
+  centred on a white ``size × size`` square;
+* an RGBA image is composited onto white first, as VGGT does; ``crop`` and ``square_ok`` do not apply.
+
+Where these modes differ from VGGT's function: frames are turned upright from their EXIF orientation, 16-bit
+grey is scaled as above, and frames whose size differs from the first frame's are resized to it (VGGT pads
+them with white to the largest size).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import imageio.v3 as iio
 import numpy as np
@@ -47,6 +62,8 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".avi", ".mkv", ".webm", ".gif"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 _PATCH = 16
+VGGT_PATCH = 14  # VGGT's patch size: the vggt_* modes give sides that are multiples of it
+MODES = ("dust3r", "vggt_crop", "vggt_pad")
 
 
 def load_frames(
@@ -57,14 +74,15 @@ def load_frames(
     square_ok: bool = False,
     stride: int = 1,
     max_frames: int | None = None,
+    mode: str = "dust3r",
 ) -> Frames:
     """Read and preprocess the frames of a folder, a list of image files or a video.
 
     ``stride`` keeps every k-th frame (counted from the first), then ``max_frames`` keeps the first ones of
-    those. Raises :class:`FrameError` (one line naming the path) for anything that cannot be read or leaves
-    fewer than two frames.
+    those; ``mode`` is one of :data:`MODES` (see the module doc). Raises :class:`FrameError` (one line naming
+    the path) for anything that cannot be read or leaves fewer than two frames.
     """
-    _check_options(size, stride, max_frames)
+    _check_options(size, stride, max_frames, mode)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -73,7 +91,7 @@ def load_frames(
             files = list_images(path)
             label = str(path)
         elif path.suffix.lower() in VIDEO_EXTENSIONS:
-            return _load_video(path, size, crop, square_ok, stride, max_frames)
+            return _load_video(path, size, crop, square_ok, stride, max_frames, mode)
         elif path.suffix.lower() in IMAGE_EXTENSIONS:
             files, label = [path], str(path)
         else:
@@ -95,18 +113,34 @@ def load_frames(
     images: list[Image.Image] = []
     source_sizes: list[tuple[int, int]] = []
     for file in files:
-        upright = _read_image(file)
+        upright = _read_image(file, white_background=mode != "dust3r")
         if not images:  # the first frame's shape stands for all: refuse before the resize allocates
             _check_memory(upright.size, size, len(files), str(file))
         source_sizes.append(upright.size)
-        images.append(_preprocess_named(upright, str(file), size, crop, square_ok))
+        images.append(_preprocess_named(upright, str(file), size, crop, square_ok, mode))
     return _assemble(images, [str(f) for f in files], source_sizes)
 
 
+def load_frames_as(source: str | Path | Sequence[str | Path], section: Mapping[str, Any]) -> Frames:
+    """:func:`load_frames` with the options of a recipe's ``frames`` section."""
+    return load_frames(
+        source,
+        size=section["size"],
+        crop=section["crop"],
+        square_ok=section["square_ok"],
+        stride=section["stride"],
+        max_frames=section["max_frames"],
+        mode=section.get("mode", "dust3r"),
+    )
+
+
 def preprocess_image(
-    img: Image.Image, size: int = 512, crop: bool = True, square_ok: bool = False
+    img: Image.Image, size: int = 512, crop: bool = True, square_ok: bool = False, mode: str = "dust3r"
 ) -> Image.Image:
-    """Upright RGB image resized and centre-cropped (or resized, ``crop=False``) to the network size."""
+    """Upright RGB image resized and centre-cropped (or resized, ``crop=False``) to the network size;
+    ``mode`` ``vggt_crop``/``vggt_pad``: VGGT's preprocessing instead (module doc)."""
+    if mode != "dust3r":
+        return _preprocess_vggt(_upright_rgb(img, white_background=True), size, pad=mode == "vggt_pad")
     img = _upright_rgb(img)
     width, height = img.size
     if size == 224:
@@ -132,6 +166,29 @@ def preprocess_image(
     return img.resize((2 * halfw, 2 * halfh), Image.Resampling.LANCZOS)
 
 
+def _preprocess_vggt(img: Image.Image, size: int, *, pad: bool) -> Image.Image:
+    """VGGT's resize (one side ``size``, the other rounded to a multiple of 14), then its crop or pad."""
+    width, height = img.size
+    if pad and height > width:
+        new_width, new_height = round(width * (size / height) / VGGT_PATCH) * VGGT_PATCH, size
+    else:
+        new_width, new_height = size, round(height * (size / width) / VGGT_PATCH) * VGGT_PATCH
+    if new_width < VGGT_PATCH or new_height < VGGT_PATCH:
+        raise FrameError(
+            f"a {width}x{height} image leaves no {VGGT_PATCH}x{VGGT_PATCH} patch at size {size} "
+            "(aspect ratio too extreme)"
+        )
+    img = img.resize((new_width, new_height), Image.Resampling.BICUBIC)
+    if not pad:
+        if new_height <= size:
+            return img
+        top = (new_height - size) // 2
+        return img.crop((0, top, new_width, top + size))
+    square = Image.new("RGB", (size, size), (255, 255, 255))
+    square.paste(img, ((size - new_width) // 2, (size - new_height) // 2))
+    return square
+
+
 def to_network_tensor(img: Image.Image) -> Tensor:
     """(3, H, W) float32 in [-1, 1]: the reference's ToTensor then Normalize(0.5, 0.5), same float ops."""
     pixels = torch.from_numpy(np.array(img.convert("RGB"), dtype=np.uint8))
@@ -139,9 +196,15 @@ def to_network_tensor(img: Image.Image) -> Tensor:
     return x.sub(0.5).div(0.5)
 
 
-def _check_options(size: int, stride: int, max_frames: int | None) -> None:
+def _check_options(size: int, stride: int, max_frames: int | None, mode: str = "dust3r") -> None:
+    if mode not in MODES:
+        raise Easi3RError(f"frames mode must be one of {', '.join(MODES)}, got {mode!r}")
     if not isinstance(size, int) or size < _PATCH:
         raise Easi3RError(f"frame size must be an integer >= {_PATCH}, got {size!r}")
+    if mode != "dust3r" and size % VGGT_PATCH:
+        raise Easi3RError(
+            f"frames mode {mode} needs a size that is a multiple of {VGGT_PATCH} (VGGT uses 518), got {size}"
+        )
     if not isinstance(stride, int) or stride < 1:
         raise Easi3RError(f"frame stride must be an integer >= 1, got {stride!r}")
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
@@ -204,19 +267,22 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _read_image(path: Path) -> Image.Image:
+def _read_image(path: Path, white_background: bool = False) -> Image.Image:
     try:
         with Image.open(path) as img:
             # Decode now, inside the error handler: Pillow opens lazily and truncated files fail on load.
             img.load()
-            return _upright_rgb(img)
+            return _upright_rgb(img, white_background)
     except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, struct.error...
         raise FrameError(f"{path}: cannot read image ({_one_line(exc)})") from None
 
 
-def _upright_rgb(img: Image.Image) -> Image.Image:
-    """EXIF orientation applied, then 8-bit RGB with alpha dropped (not composited), like the reference."""
+def _upright_rgb(img: Image.Image, white_background: bool = False) -> Image.Image:
+    """EXIF orientation applied, then 8-bit RGB with alpha dropped (not composited), like the reference;
+    ``white_background``: an RGBA image is composited onto white instead, like VGGT's loader."""
     img = ImageOps.exif_transpose(img)
+    if white_background and img.mode == "RGBA":
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
     if img.mode in _SIXTEEN_BIT_MODES:
         # Pillow's own conversion clips 16-bit samples at 255; rescale the full 16-bit range instead.
         samples = np.clip(np.asarray(img, dtype=np.float64), 0, 65535)
@@ -235,9 +301,11 @@ def _resize_long_side(img: Image.Image, long_side: int) -> Image.Image:
     return img.resize(new_size, resample)
 
 
-def _preprocess_named(img: Image.Image, name: str, size: int, crop: bool, square_ok: bool) -> Image.Image:
+def _preprocess_named(
+    img: Image.Image, name: str, size: int, crop: bool, square_ok: bool, mode: str
+) -> Image.Image:
     try:
-        return preprocess_image(img, size, crop, square_ok)
+        return preprocess_image(img, size, crop, square_ok, mode)
     except FrameError as exc:
         raise FrameError(f"{name}: {exc}") from None
 
@@ -254,7 +322,7 @@ def _iter_video(path: Path) -> Iterator[np.ndarray]:
 
 
 def _load_video(
-    path: Path, size: int, crop: bool, square_ok: bool, stride: int, max_frames: int | None
+    path: Path, size: int, crop: bool, square_ok: bool, stride: int, max_frames: int | None, mode: str
 ) -> Frames:
     images: list[Image.Image] = []
     names: list[str] = []
@@ -268,7 +336,7 @@ def _load_video(
             _check_memory(rgb.size, size, len(images) + 1, f"{path}#{index}")  # the length is unknown
             source_sizes.append(rgb.size)
             names.append(f"{path}#{index}")
-            images.append(_preprocess_named(rgb, names[-1], size, crop, square_ok))
+            images.append(_preprocess_named(rgb, names[-1], size, crop, square_ok, mode))
             if max_frames is not None and len(images) == max_frames:
                 break  # stop decoding: long videos are never read further than needed
     except FrameError:
@@ -298,5 +366,8 @@ def _assemble(images: list[Image.Image], names: list[str], source_sizes: list[tu
             f"{target[0]}x{target[1]} (first: {resized[0]})",
             stacklevel=3,
         )
-    tensor = torch.stack([to_network_tensor(img) for img in images])
+    # filled frame by frame: a list of per-frame tensors stacked at the end would hold the frames twice
+    tensor = torch.empty(len(images), 3, target[1], target[0])
+    for k, img in enumerate(images):
+        tensor[k] = to_network_tensor(img)
     return Frames(images=tensor, paths=names, source_sizes=source_sizes)

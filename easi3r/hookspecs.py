@@ -69,6 +69,12 @@ def easi3r_exporters() -> dict[str, Any]:
     schema fragment ``"export/<name>"``, like a strategy section's."""
 
 
+@hookspec
+def easi3r_flow_models() -> dict[str, Any]:
+    """Optical-flow models, for priors such as the aligner's flow loss (``align.flow_model``).
+    ``factory(**params) ->`` :class:`easi3r.contracts.FlowModel`."""
+
+
 # --- resources a plug-in package may ship ----------------------------------------------------------
 
 
@@ -90,6 +96,13 @@ def easi3r_convert_checkpoint(src: Path, dst: Path) -> Path | None:
 
 
 # --- lifecycle -------------------------------------------------------------------------------------
+
+
+@hookspec
+def easi3r_check_recipe(recipe: Any) -> None:
+    """Called by ``validate_recipe`` once the recipe is valid, before any frame or weight is read: raise a
+    one-line :class:`easi3r.errors.Easi3RError` naming the key for a setting of yours that cannot run here
+    (a weights file that is missing, an optional package that is not installed)."""
 
 
 @hookspec

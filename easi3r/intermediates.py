@@ -13,7 +13,9 @@ import torch
 from torch import Tensor
 
 from easi3r.pipeline import RunResult
-from easi3r.types import DynamicMasks, PairOutputs
+from easi3r.types import DynamicMasks, FrameSetOutputs, PairOutputs, PassOutputs
+
+FRAME_SET_KEYS = ("cam2world", "intrinsics", "depth", "depth_conf", "pts3d", "pts3d_conf")
 
 # our map names → the reference's (i = decoder 1 / source side, j = decoder 2 / reference side, "var" = std)
 MAP_KEYS = {
@@ -24,7 +26,21 @@ MAP_KEYS = {
 }
 
 
-def _pass_tensors(prefix: str, outputs: PairOutputs, masks: DynamicMasks | None, n_frames: int) -> dict:
+def _pass_tensors(prefix: str, outputs: PassOutputs, masks: DynamicMasks | None, n_frames: int) -> dict:
+    if isinstance(outputs, FrameSetOutputs):
+        return _frame_set_tensors(prefix, outputs) | _mask_tensors(prefix, masks, reference_names=False)
+    return _pair_tensors(prefix, outputs, n_frames) | _mask_tensors(prefix, masks, reference_names=True)
+
+
+def _frame_set_tensors(prefix: str, outputs: FrameSetOutputs) -> dict[str, Tensor]:
+    """A frame-set pass: its windows and each window's predictions (``passK/windowW/...``)."""
+    out: dict[str, Tensor] = {f"{prefix}/windows": outputs.windows}
+    for k, prediction in enumerate(outputs.predictions or ()):
+        out |= {f"{prefix}/window{k}/{name}": getattr(prediction, name) for name in FRAME_SET_KEYS}
+    return out
+
+
+def _pair_tensors(prefix: str, outputs: PairOutputs, n_frames: int) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {
         f"{prefix}/view1_idx": outputs.pairs[:, 0],
         f"{prefix}/view2_idx": outputs.pairs[:, 1],
@@ -42,10 +58,20 @@ def _pass_tensors(prefix: str, outputs: PairOutputs, masks: DynamicMasks | None,
     if outputs.attention is not None:
         out[f"{prefix}/pred1_cross_atten_maps_k"] = outputs.attention.decoder1
         out[f"{prefix}/pred2_cross_atten_maps_k"] = outputs.attention.decoder2
+    return out
+
+
+def _mask_tensors(prefix: str, masks: DynamicMasks | None, reference_names: bool) -> dict[str, Tensor]:
+    """The maps and masks of a pass: the four statistics under the reference's names (pairwise), or every
+    named map as ``passK/maps/NAME`` (frame-set)."""
+    out: dict[str, Tensor] = {}
     if masks is not None:
-        for ours, theirs in MAP_KEYS.items():
-            out[f"{prefix}/{theirs}_raw"] = masks.maps[f"{ours}_raw"]
-            out[f"{prefix}/{theirs}_fused"] = masks.maps[ours]
+        if reference_names:
+            for ours, theirs in MAP_KEYS.items():
+                out[f"{prefix}/{theirs}_raw"] = masks.maps[f"{ours}_raw"]
+                out[f"{prefix}/{theirs}_fused"] = masks.maps[ours]
+        elif masks.maps is not None:
+            out |= {f"{prefix}/maps/{name}": value for name, value in masks.maps.maps.items()}
         out |= {
             f"{prefix}/dynamic_map": masks.dynamic_map,
             f"{prefix}/refined_dynamic_map": masks.refined_map,
@@ -65,7 +91,7 @@ def intermediates(result: RunResult) -> tuple[dict[str, Tensor], dict[str, str]]
     tensors: dict[str, Tensor] = {
         "input/img": frames.images,
         "input/true_shape": torch.tensor([frames.size] * n, dtype=torch.int32),
-        "pairs": result.pairs,
+        result.unit_name: result.pairs,
         # the encoder runs once per frame, so both passes share these features
         "pass1/stacked_feat": result.encoded.features().float().cpu(),
     }

@@ -16,6 +16,8 @@ Reference names: ``cross_att_k_i_*`` = ``src_*``, ``cross_att_k_j_*`` = ``ref_*`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -155,3 +157,10 @@ def sample_frame_maps(*, corner_fix: bool = True, single_pair_std: str = "zero")
         decoder1=torch.randn(shape, generator=generator), decoder2=torch.randn(shape, generator=generator)
     )
     return frame_maps(attention, pairs, n_frames, corner_fix=corner_fix, single_pair_std=single_pair_std)
+
+
+def sample_named_maps(names: Sequence[str]) -> dict[str, Tensor]:
+    """Seeded ``(3, 4, 5)`` standard-normal maps under ``names``: what a frame-set capture's raw
+    statistics look like to a formula check (any sign, no fixed range)."""
+    generator = torch.Generator().manual_seed(0)
+    return {name: torch.randn(3, 4, 5, generator=generator, dtype=torch.float32) for name in names}

@@ -57,6 +57,7 @@ KINDS: dict[str, Kind] = {
     "reweight_policies": Kind("re-weighting policy", "reweight"),
     "aligners": Kind("aligner", "align"),
     "exporters": Kind("exporter", "export.exporters"),
+    "flow_models": Kind("flow model", "align.flow_model"),
 }
 
 

@@ -51,13 +51,17 @@ from easi3r.plugins import (
     BUILTIN_RECIPE_DIR,
     KINDS,
     did_you_mean,
+    get_plugin_manager,
     recipe_dirs,
     registry,
     schema_fragments,
 )
 
-# Recipe section → registry kind of the strategy it names (``export.exporters`` lists exporters).
-SECTION_KINDS: dict[str, str] = {kind.section: name for name, kind in KINDS.items() if name != "exporters"}
+# Recipe section → registry kind of the strategy it names. Exporters (listed by ``export.exporters``) and
+# flow models (named inside the aligner's section, ``align.flow_model``) are not top-level sections.
+SECTION_KINDS: dict[str, str] = {
+    kind.section: name for name, kind in KINDS.items() if name not in ("exporters", "flow_models")
+}
 
 # Core keys the core reads itself; they never reach the strategy factory.
 CONSUMED_KEYS: dict[str, tuple[str, ...]] = {"reweight": ("decoders", "layers")}
@@ -352,21 +356,29 @@ def validate_recipe(cfg: DictConfig, *, check_names: bool = True) -> None:
     for section in SECTION_KINDS:
         _check_params(section, data[section], fragments, check_names)
     _check_exporters(data["export"], fragments, check_names)
-    _check_rule_formula(data)
+    _check_rule_formula(cfg, data, check_names)
+    if check_names:  # plug-ins refuse what they cannot run (a missing weights file) before any work
+        get_plugin_manager().hook.easi3r_check_recipe(recipe=cfg)
 
 
-def _check_rule_formula(data: dict[str, Any]) -> None:
+def _check_rule_formula(cfg: DictConfig, data: dict[str, Any], check_names: bool) -> None:
     """Refuse a mask formula that cannot give a finite per-frame map (a one-line ``FormulaError``), so a run
-    stops before it loads frames or weights."""
+    stops before it loads frames or weights. A frame-set capture names its own maps (``names``)."""
     rule = data["rule"]
     if rule["name"] != "formula":  # another rule is a plug-in's code: its fragment checked its params
         return
     from easi3r.formula import EASI3R_RULE, check_rule
-    from easi3r.maps import sample_frame_maps
+    from easi3r.maps import sample_frame_maps, sample_named_maps
 
-    maps = data["maps"]
-    sample = sample_frame_maps(corner_fix=maps["corner_fix"], single_pair_std=maps["single_pair_std"]).maps
-    check_rule(rule.get("formula", EASI3R_RULE), sample, sample["src_mean"].shape)
+    names = getattr(create_strategy(cfg, "capture"), "names", None) if check_names else None
+    if names is not None:
+        sample = sample_named_maps(names)
+    else:
+        maps = data["maps"]
+        sample = sample_frame_maps(
+            corner_fix=maps["corner_fix"], single_pair_std=maps["single_pair_std"]
+        ).maps
+    check_rule(rule.get("formula", EASI3R_RULE), sample, next(iter(sample.values())).shape[:3])
 
 
 def _check_exporters(export: dict[str, Any], fragments: dict[str, dict], check_names: bool) -> None:

@@ -4,6 +4,10 @@ frames → :class:`Frames` → pairs (``(P, 2)`` int64 tensor, view-1 index then
 → :class:`Encoded` → :class:`PairOutputs` (captured :class:`PairAttention`, :class:`PairPredictions`)
 → :class:`FrameMaps` → :class:`DynamicMasks` → :class:`Scene`.
 
+A frame-set backbone (VGGT-like) works on windows of frames instead of pairs (``(W, 2)`` half-open
+``[start, end)``) and hands back :class:`FrameSetOutputs`: per-frame named maps straight from its capture,
+and per-window :class:`FrameSetPredictions` (its own cameras, depth and points).
+
 Images are channel-first network inputs in [-1, 1]; maps are ``(T, NH, NW)`` over the token grid; masks
 are ``(T, H, W)`` bool with ``True`` = dynamic.
 """
@@ -23,10 +27,13 @@ __all__ = [
     "DynamicMasks",
     "Encoded",
     "FrameMaps",
+    "FrameSetOutputs",
+    "FrameSetPredictions",
     "Frames",
     "PairAttention",
     "PairOutputs",
     "PairPredictions",
+    "PassOutputs",
     "PredictionStore",
     "Scene",
 ]
@@ -65,7 +72,8 @@ class Frames:
 
     def rgb(self) -> np.ndarray:
         """(T, H, W, 3) uint8 colours, for writers and viewers."""
-        x = ((self.images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        # in place on one copy: a long video's frames as float temporaries would triple the memory
+        x = self.images.float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
         return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
@@ -144,6 +152,35 @@ class PairOutputs:
 
 
 @dataclass
+class FrameSetPredictions:
+    """What a frame-set backbone predicts for the frames of one window, in that window's world (the
+    frame of its first camera). ``F`` frames of the window, ``(H, W)`` the frame size."""
+
+    cam2world: Tensor  # (F, 4, 4) camera-to-world, OpenCV axes
+    intrinsics: Tensor  # (F, 3, 3) pinhole K in pixels of the network input
+    depth: Tensor  # (F, H, W) z-depth
+    depth_conf: Tensor  # (F, H, W) confidence of the depth
+    pts3d: Tensor  # (F, H, W, 3) world points of the point head
+    pts3d_conf: Tensor  # (F, H, W) confidence of the points
+
+    def __len__(self) -> int:
+        return self.depth.shape[0]
+
+
+@dataclass
+class FrameSetOutputs:
+    """What one pass of a frame-set backbone over its windows produced.
+
+    ``maps`` holds every frame's named maps, each frame's taken from the window it sits deepest in
+    (:func:`easi3r.windows.home_windows`); ``predictions[k]`` are window ``k``'s.
+    """
+
+    windows: Tensor  # (W, 2) int64, half-open [start, end), in order, consecutive ones overlapping
+    maps: FrameMaps | None = None
+    predictions: list[FrameSetPredictions] | None = None
+
+
+@dataclass
 class FrameMaps:
     """Per-frame maps derived from the pair maps; named maps feed the mask rule."""
 
@@ -151,6 +188,10 @@ class FrameMaps:
 
     def __getitem__(self, name: str) -> Tensor:
         return self.maps[name]
+
+
+PassOutputs = PairOutputs | FrameSetOutputs
+"""One pass of either kind of backbone."""
 
 
 @dataclass

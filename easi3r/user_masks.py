@@ -20,7 +20,7 @@ from torch import Tensor
 
 from easi3r.errors import Easi3RError
 from easi3r.eval.datasets import read_mask
-from easi3r.eval.runner import to_network_grid
+from easi3r.frame_geometry import to_network_grid
 from easi3r.frames import IMAGE_EXTENSIONS, list_images
 from easi3r.types import DynamicMasks, Frames
 
@@ -60,7 +60,13 @@ def read_user_masks(
         mask = read_mask(files[k])
         grids.append(
             to_network_grid(
-                mask, frames.source_sizes[t], section.size, section.crop, section.square_ok, frames.size
+                mask,
+                frames.source_sizes[t],
+                section.size,
+                section.crop,
+                section.square_ok,
+                frames.size,
+                section.get("mode", "dust3r"),
             )
         )
     return torch.from_numpy(np.stack(grids))

@@ -25,7 +25,15 @@ from easi3r.errors import GeometryError
 from easi3r.geometry import Scene, make_pose, sim3_between_cameras, transform_points
 from easi3r.types import DynamicMasks, Frames, PairOutputs
 
-__all__ = ["Chain", "WindowStore", "align_in_windows", "alignment_windows", "stitch", "window_inputs"]
+__all__ = [
+    "Chain",
+    "WindowStore",
+    "align_in_windows",
+    "alignment_windows",
+    "home_windows",
+    "stitch",
+    "window_inputs",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +76,19 @@ def alignment_windows(n_frames: int, window: int, overlap: int) -> list[tuple[in
     stride = window - overlap
     windows = [(start, start + window) for start in range(0, n_frames - window, stride)]
     return [*windows, (n_frames - window, n_frames)]
+
+
+def home_windows(windows: Tensor, n_frames: int) -> Tensor:
+    """``(T,)`` for each frame the window it sits deepest in (farthest from that window's ends; the
+    earlier window on a tie): where a frame-set capture sees most of the frame's neighbours."""
+    frames = torch.arange(n_frames)[:, None]
+    start, end = windows[:, 0][None], windows[:, 1][None]
+    inside = (frames >= start) & (frames < end)
+    depth = torch.minimum(frames - start, end - 1 - frames)
+    depth = torch.where(inside, depth, torch.full_like(depth, -1))
+    if bool((depth.max(dim=1).values < 0).any()):
+        raise GeometryError("the windows leave a frame uncovered")
+    return depth.argmax(dim=1)  # argmax returns the first maximum: the earlier window on a tie
 
 
 def window_inputs(

@@ -12,6 +12,7 @@ import json
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -395,4 +396,94 @@ def write_ply(path: str | Path, blocks: Iterable[tuple[np.ndarray, np.ndarray]],
     if written != count:
         path.unlink()
         raise ValueError(f"{path}: {written} points written, {count} announced")
+    return path
+
+
+@dataclass
+class GlbPart:
+    """One node of a streamed GLB: ``count`` vertices (points, or line segments as vertex pairs with
+    ``lines``) coming as ``blocks`` of (N, 3) float points and (N, 3) uint8 colours, inside ``low``..``high``
+    (glTF wants a position accessor's bounds before its data). ``blocks`` is called once, when its turn
+    to be written comes."""
+
+    name: str
+    count: int
+    low: np.ndarray
+    high: np.ndarray
+    blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+    lines: bool = False
+
+
+_GLB_VERTEX = np.dtype([("xyz", "<f4", 3), ("rgba", "u1", 4)])  # interleaved: 16 bytes, 4-aligned
+
+
+def write_glb(path: str | Path, parts: Sequence[GlbPart]) -> Path:
+    """A binary glTF 2.0 scene of coloured point clouds and line sets, one node and mesh per part (named
+    after it, identity transform), written part by part and block by block: memory holds one block, not
+    the scene (trimesh builds a whole scene in float64 before writing it). Empty parts get no node (a glTF
+    primitive needs vertices)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    parts = [part for part in parts if part.count > 0]
+    views, accessors, meshes, nodes = [], [], [], []
+    offset = 0
+    for k, part in enumerate(parts):
+        length = part.count * _GLB_VERTEX.itemsize
+        views.append(
+            {"buffer": 0, "byteOffset": offset, "byteLength": length, "byteStride": 16, "target": 34962}
+        )
+        accessors.append({
+            "bufferView": k, "byteOffset": 0, "componentType": 5126, "count": part.count, "type": "VEC3",
+            "min": [float(v) for v in np.asarray(part.low, np.float32)],
+            "max": [float(v) for v in np.asarray(part.high, np.float32)],
+        })  # fmt: skip
+        accessors.append(
+            {
+                "bufferView": k,
+                "byteOffset": 12,
+                "componentType": 5121,
+                "normalized": True,
+                "count": part.count,
+                "type": "VEC4",
+            }
+        )
+        mode = 1 if part.lines else 0  # LINES or POINTS
+        meshes.append(
+            {
+                "name": part.name,
+                "primitives": [{"attributes": {"POSITION": 2 * k, "COLOR_0": 2 * k + 1}, "mode": mode}],
+            }
+        )
+        nodes.append({"name": part.name, "mesh": k})
+        offset += length
+    document = {
+        "asset": {"version": "2.0", "generator": "easi3r"},
+        "scene": 0,
+        "scenes": [{"nodes": list(range(len(nodes)))}],
+        "nodes": nodes,
+        "meshes": meshes,
+        "accessors": accessors,
+        "bufferViews": views,
+        "buffers": [{"byteLength": offset}],
+    }
+    text = json.dumps(document, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 4)  # chunks are 4-byte aligned; JSON pads with spaces
+    total = 12 + 8 + len(text) + 8 + offset
+    with path.open("wb") as f:
+        f.write(struct.pack("<4sII", b"glTF", 2, total))
+        f.write(struct.pack("<I4s", len(text), b"JSON") + text)
+        f.write(struct.pack("<I4s", offset, b"BIN\0"))
+        for part in parts:
+            written = 0
+            for points, colors in part.blocks():
+                rows = np.empty(len(points), _GLB_VERTEX)
+                rows["xyz"] = points
+                rows["rgba"][:, :3] = colors
+                rows["rgba"][:, 3] = 255
+                f.write(rows.data)
+                written += len(rows)
+            if written != part.count:
+                f.close()
+                path.unlink()
+                raise ValueError(f"{path}: part {part.name} wrote {written} vertices, {part.count} announced")
     return path

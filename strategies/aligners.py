@@ -9,5 +9,7 @@ from typing import Any
 class NoAligner:
     """Skip alignment: the run produces masks and pair predictions, no scene."""
 
+    kind = "any"  # serves both kinds of backbone
+
     def __call__(self, frames: Any, outputs: Any, masks: Any, progress: Any) -> None:
         return None

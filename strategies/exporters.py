@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Generic, Literal, TypeVar
 import numpy as np
 
 from easi3r import writers
+from easi3r.frame_geometry import network_geometry
 from easi3r.maps import STAT_NAMES
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 REFERENCE_DILATE = 3
 
 # frames.py's patch: network sizes are multiples of it
-_PATCH = 16
 
 # writers.overlay's default tint: the overview's legend entry for the overlays shows it
 _OVERLAY_COLOR = (255, 0, 64)
@@ -115,42 +115,22 @@ class MaskExporter(FinalMasksExporter):
 def to_source(mask: np.ndarray, result: RunResult, t: int) -> np.ndarray:
     """Frame ``t``'s network-size ``(H, W)`` mask at the frame's source size ``(SH, SW)``.
 
-    The inverse of frames.py's preprocessing, read from the recipe's ``frames`` keys: each source pixel
-    takes the mask pixel its centre maps to (nearest, as :func:`easi3r.writers.upsample_nearest`). The border
-    the centre crop cut away was never seen by the network: it is 0 (static).
+    The inverse of frames.py's preprocessing (:func:`easi3r.frame_geometry.network_geometry`), read from the
+    recipe's ``frames`` keys: each source pixel takes the mask pixel its centre maps to (nearest, as
+    :func:`easi3r.writers.upsample_nearest`). The border the centre crop cut away was never seen by the
+    network: it is 0 (static).
     """
     if not result.frames.source_sizes:
         raise ValueError("resolution: source needs the frames' source sizes (Frames.source_sizes)")
     cfg = result.recipe.frames
     source = result.frames.source_sizes[t]
-    resized, box, final = _network_geometry(*source, cfg.size, cfg.crop, cfg.square_ok)
+    resized, box, final = network_geometry(
+        *source, cfg.size, cfg.crop, cfg.square_ok, cfg.get("mode", "dust3r")
+    )
     rows = _source_to_network(source[1], resized[1], final[1], mask.shape[0], None if box is None else box[1])
     cols = _source_to_network(source[0], resized[0], final[0], mask.shape[1], None if box is None else box[0])
     inside = (rows >= 0)[:, None] & (cols >= 0)[None, :]
     return mask[np.maximum(rows, 0)][:, np.maximum(cols, 0)] & inside
-
-
-def _network_geometry(
-    width: int, height: int, size: int, crop: bool, square_ok: bool
-) -> tuple[tuple[int, int], tuple[int, int] | None, tuple[int, int]]:
-    """``(resized (W, H), crop origin (x0, y0) or None, final (W, H))``: the integer arithmetic of
-    :func:`easi3r.frames.preprocess_image` (tests compare it with easi3r.eval.runner.network_geometry)."""
-    if size == 224:
-        # the reference's 224 branch: short side to 224, then the centred square
-        resized = _long_side(width, height, round(size * max(width / height, height / width)))
-        half = min(resized[0] // 2, resized[1] // 2)
-        return resized, (resized[0] // 2 - half, resized[1] // 2 - half), (2 * half, 2 * half)
-    resized = _long_side(width, height, size)
-    cx, cy = resized[0] // 2, resized[1] // 2
-    halfw, halfh = ((2 * cx) // _PATCH) * 8, ((2 * cy) // _PATCH) * 8
-    if resized[0] == resized[1] and not square_ok:
-        halfh = (3 * halfw // 4) // 8 * 8
-    return resized, (cx - halfw, cy - halfh) if crop else None, (2 * halfw, 2 * halfh)
-
-
-def _long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
-    longest = max(width, height)
-    return round(width * long_side / longest), round(height * long_side / longest)
 
 
 def _source_to_network(source: int, resized: int, final: int, network: int, origin: int | None) -> np.ndarray:

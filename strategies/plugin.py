@@ -9,6 +9,8 @@ import json
 from importlib import resources
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from easi3r.hookspecs import hookimpl
 
 
@@ -22,7 +24,8 @@ def _formula_rule(formula: str | None = None) -> Any:
         dynamic = parsed.evaluate(maps.maps)
         # The recipe's check on sample maps cannot foresee every video (e.g. the log of a std that is 0
         # because a frame has one pair): refuse the map here, before refinement, thresholding and pass 2.
-        parsed.check_result(dynamic, maps["src_mean"].shape, on="on this video's maps")
+        frame_grid = next(iter(maps.maps.values())).shape[:3]  # (T, NH, NW), whichever maps there are
+        parsed.check_result(dynamic, frame_grid, on="on this video's maps")
         return dynamic
 
     return rule
@@ -50,7 +53,12 @@ def _function(fn: Any, params: dict[str, Any]) -> Any:
 
 @hookimpl
 def easi3r_capture_strategies() -> dict[str, Any]:
-    return {"query_mean": _lazy("capture", "query_mean"), "full_logits": _lazy("capture", "full_logits")}
+    return {
+        "query_mean": _lazy("capture", "query_mean"),
+        "full_logits": _lazy("capture", "full_logits"),
+        "gram": _lazy("gram_capture", "GramCapture"),
+        "gram_full": _lazy("gram_capture", "FullGramCapture"),
+    }
 
 
 @hookimpl
@@ -76,6 +84,7 @@ def easi3r_thresholds() -> dict[str, Any]:
 def easi3r_reweight_policies() -> dict[str, Any]:
     return {
         "zero_dynamic_keys": _lazy("reweight", "zero_dynamic_keys"),
+        "drop_dynamic_keys": _lazy("reweight", "drop_dynamic_keys"),
         "post_softmax_oracle": _lazy("reweight", "post_softmax_oracle"),
     }
 
@@ -84,6 +93,7 @@ def easi3r_reweight_policies() -> dict[str, Any]:
 def easi3r_aligners() -> dict[str, Any]:
     return {
         "none": _lazy("aligners", "NoAligner"),
+        "predicted": _lazy("predicted", "PredictedAligner"),
         "global": _lazy("global_align", "GlobalAlign"),
         "pairwise": _lazy("global_align", "PairwiseAlign"),
     }
@@ -111,3 +121,40 @@ def easi3r_exporters() -> dict[str, Any]:
 def easi3r_schema_fragments() -> dict[str, dict]:
     text = resources.files("easi3r.configs").joinpath("strategies.schema.json").read_text()
     return {key: value for key, value in json.loads(text).items() if not key.startswith("$")}
+
+
+# SAM2 refinement of the masks (the recipe's ``sam2`` section, off by default): its module, and the sam2
+# package, are imported only when the section is enabled.
+
+
+def _sam2_enabled(recipe: Any) -> bool:
+    return bool(OmegaConf.select(recipe, "sam2.enabled", default=False))
+
+
+@hookimpl
+def easi3r_check_recipe(recipe: Any) -> None:
+    if _sam2_enabled(recipe):
+        from easi3r.strategies.sam2_refine import check_recipe
+
+        check_recipe(recipe)
+    _check_flow_prior(recipe)
+
+
+def _check_flow_prior(recipe: Any) -> None:
+    """The global aligner's flow prior (``align.flow_loss_weight > 0``) names a usable flow model."""
+    align = OmegaConf.select(recipe, "align")
+    if align is None or align.get("name") != "global" or not align.get("flow_loss_weight", 0) > 0:
+        return
+    from easi3r.strategies.global_align.recipes import check_flow_model
+
+    section = align.get("flow_model")
+    check_flow_model(None if section is None else OmegaConf.to_container(section), align.flow_loss_weight)
+
+
+@hookimpl
+def easi3r_masks_ready(masks: Any, frames: Any, recipe: Any, pass_index: int) -> Any:
+    if not _sam2_enabled(recipe):
+        return None
+    from easi3r.strategies.sam2_refine import refine_masks
+
+    return refine_masks(masks, frames, recipe, pass_index)

@@ -19,7 +19,6 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
-import trimesh
 from numpy.typing import NDArray
 from scipy.spatial.transform import Rotation
 
@@ -199,13 +198,6 @@ def _frustum(
     return np.array(sides + rim)
 
 
-def _segments_path(segments: np.ndarray) -> trimesh.path.Path3D:
-    """A path of (S, 2, 3) line segments, without trimesh's vertex merging: it hashes coordinates as
-    int64 and overflows on the far-away points of degenerate (random-weight) scenes."""
-    entities = [trimesh.path.entities.Line([2 * k, 2 * k + 1]) for k in range(len(segments))]
-    return trimesh.path.Path3D(entities=entities, vertices=segments.reshape(-1, 3), process=False)
-
-
 class PointCloudExporter(AlignedSceneExporter):
     """Per-frame coloured clouds ``scene/points/{static,dynamic}_{t:04d}.ply``, the fused static cloud
     ``scene/points/static_fused.ply`` and ``scene/scene.glb`` (fused static cloud, per-frame dynamic
@@ -265,46 +257,77 @@ class PointCloudExporter(AlignedSceneExporter):
         fused: tuple[np.ndarray, np.ndarray] | None,
         path: Path,
     ) -> Path:
-        """``fused``: the voxel-averaged static cloud, or None for every static point."""
-        glb = trimesh.Scene()
-        # a GLB is built in memory and viewers slow down past a few million points: above max_points,
-        # an even, fixed-seed share of every cloud is kept
+        """``fused``: the voxel-averaged static cloud, or None for every static point. The points are
+        chosen first (indices), then streamed into the file frame by frame: a long video's GLB never
+        sits in memory whole."""
+        # viewers slow down past a few million points: above max_points, an even, fixed-seed share of
+        # every cloud is kept
         static_count = int(static.sum()) if fused is None else len(fused[0])
         share = min(1.0, self.max_points / max(1, static_count + int(moving.sum())))
         rng = np.random.default_rng(0)
+        flat_points, flat_rgb = points.reshape(len(points), -1, 3), rgb.reshape(len(rgb), -1, 3)
         if fused is None:
-            static_index = _subsample(np.flatnonzero(static), share, rng)
-            clouds = [(points.reshape(-1, 3)[static_index], rgb.reshape(-1, 3)[static_index], "static_fused")]
+            chosen = _static_choice(static, share, rng)
+            blocks = [(t, index) for t, index in enumerate(chosen)]
+            parts = [_cloud_part("static_fused", flat_points, flat_rgb, blocks)]
         else:
-            fused_index = _subsample(np.arange(static_count), share, rng)
-            clouds = [(fused[0][fused_index], fused[1][fused_index], "static_fused")]
+            index = _subsample(np.arange(static_count), share, rng)
+            parts = [_cloud_part("static_fused", fused[0][None], fused[1][None], [(0, index)])]
         for t in range(len(scene)):
             index = _subsample(np.flatnonzero(moving[t]), share, rng)
-            clouds.append((points[t].reshape(-1, 3)[index], rgb[t].reshape(-1, 3)[index], f"dynamic_{t:04d}"))
-        # glTF cannot hold a primitive without vertices: empty clouds get no node
-        for cloud, colors, name in clouds:
-            if len(cloud):
-                glb.add_geometry(trimesh.PointCloud(cloud, colors=colors), node_name=name, geom_name=name)
+            parts.append(_cloud_part(f"dynamic_{t:04d}", flat_points, flat_rgb, [(t, index)]))
         c2w = _np(scene.cam2world).astype(np.float64)
         intrinsics = _np(scene.intrinsics).astype(np.float64)
-        size = self._frustum_size(c2w, [cloud for cloud, _, _ in clouds])
+        size = self._frustum_size(c2w, [(part.low, part.high) for part in parts if part.count])
         # colour the cameras along time (turbo: blue first, red last) so the trajectory's direction shows
         shades = writers.colorize(np.linspace(0, 1, len(scene))[None])[0]
         for t in range(len(scene)):
-            lines = _segments_path(_frustum(c2w[t], intrinsics[t], tuple(scene.depth.shape[1:]), size))
-            lines.colors = np.tile(np.append(shades[t], 255), (len(lines.entities), 1)).astype(np.uint8)
-            glb.add_geometry(lines, node_name=f"camera_{t:04d}", geom_name=f"camera_{t:04d}")
-        path.write_bytes(glb.export(file_type="glb"))
-        return path
+            segments = _frustum(c2w[t], intrinsics[t], tuple(scene.depth.shape[1:]), size).reshape(-1, 3)
+            colors = np.tile(shades[t], (len(segments), 1)).astype(np.uint8)
+            parts.append(
+                writers.GlbPart(
+                    f"camera_{t:04d}", len(segments), segments.min(0), segments.max(0),
+                    lambda block=(segments, colors): [block], lines=True,
+                )
+            )  # fmt: skip
+        return writers.write_glb(path, parts)
 
-    def _frustum_size(self, c2w: np.ndarray, clouds: list[np.ndarray]) -> float:
+    def _frustum_size(self, c2w: np.ndarray, bounds: list[tuple[np.ndarray, np.ndarray]]) -> float:
         if self.camera_size is not None:
             return self.camera_size
-        boxes = [c2w[:, :3, 3]] + [cloud for cloud in clouds if len(cloud)]
-        low = np.min([box.min(0) for box in boxes], axis=0)
-        high = np.max([box.max(0) for box in boxes], axis=0)
+        low = np.min([c2w[:, :3, 3].min(0), *(low for low, _ in bounds)], axis=0)
+        high = np.max([c2w[:, :3, 3].max(0), *(high for _, high in bounds)], axis=0)
         diagonal = float(np.linalg.norm(high - low))
         return 0.05 * diagonal if diagonal > 0 else 1.0
+
+
+def _static_choice(static: NDArray[np.bool_], share: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Per frame, the flat pixel indices of the static points the GLB keeps: one draw over all static
+    points of the video (as :func:`_subsample` of their joint index), split by frame without building it."""
+    counts = static.reshape(len(static), -1).sum(1)
+    if share >= 1.0:
+        return [np.flatnonzero(frame) for frame in static]
+    drawn = np.sort(rng.choice(int(counts.sum()), round(int(counts.sum()) * share), replace=False))
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    bounds = np.searchsorted(drawn, starts)
+    return [
+        np.flatnonzero(static[t])[drawn[bounds[t] : bounds[t + 1]] - starts[t]] for t in range(len(static))
+    ]
+
+
+def _cloud_part(
+    name: str, points: np.ndarray, rgb: np.ndarray, blocks: list[tuple[int, np.ndarray]]
+) -> writers.GlbPart:
+    """A GLB point cloud of ``points[t][index]`` for each ``(t, index)`` of ``blocks`` (frames ``(T, N, 3)``)."""
+    count = sum(len(index) for _, index in blocks)
+    low, high = np.full(3, np.inf), np.full(3, -np.inf)
+    for t, index in blocks:
+        if len(index):
+            low = np.minimum(low, points[t][index].min(0))
+            high = np.maximum(high, points[t][index].max(0))
+    return writers.GlbPart(
+        name, count, low, high, lambda: ((points[t][index], rgb[t][index]) for t, index in blocks)
+    )
 
 
 def _subsample(index: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:

@@ -139,6 +139,15 @@ def _truncated(tmp: Path) -> None:
     (tmp / "ckpt.pth").write_bytes(data[: len(data) // 2])
 
 
+def _vggt_checkpoint(tmp: Path) -> None:
+    """``model.safetensors`` of the tiny VGGT preset, laid out as facebook/VGGT-1B's."""
+    from safetensors.torch import save_file
+
+    from easi3r.backends.vggt.checkpoint import load_vggt
+
+    save_file(load_vggt(None, "tiny").state_dict(), tmp / "model.safetensors")
+
+
 def _symlink_loop(tmp: Path) -> None:
     (tmp / "ckpt").symlink_to(tmp / "ckpt")
 
@@ -284,6 +293,26 @@ CASES: list[Case] = [
     ),
     Case("checkpoints", "symbolic link loop", RUN_HUB, "symbolic link loop", _symlink_loop),
     Case("checkpoints", "missing file", (*RUN, "--checkpoint", "{tmp}/nope.pth"), "no such file or folder"),
+    Case(
+        "checkpoints",
+        "VGGT weights, DUSt3R recipe",
+        (*RUN, "--checkpoint", "{tmp}/model.safetensors"),
+        "recipe 'tiny', backbone 'dust3r': checkpoint",
+        _vggt_checkpoint,
+    ),
+    Case(
+        "checkpoints",
+        "DUSt3R weights, VGGT recipe",
+        ("run", "{frames}", "-o", "{tmp}/out", "--recipe", "vggt4d_tiny", "--checkpoint", "{tmp}/ckpt.pth"),
+        "recipe 'vggt4d_tiny', backbone 'vggt': checkpoint",
+        _pth(),
+    ),
+    Case(
+        "checkpoints",
+        "VGGT-1B without weights",
+        ("run", "{frames}", "-o", "{tmp}/out", "--recipe", "vggt4d"),
+        "backbone preset 'vggt_1b' needs its weights",
+    ),
     # --- formulas ----------------------------------------------------------------------------------
     Case(
         "formulas",

@@ -70,3 +70,16 @@ def test_blocking_the_plugin(plugin_env):
     proc = easi3r(env, "validate", "tiny", "rule.name=source_contrast")
     assert proc.returncode == 2
     assert "unknown mask rule 'source_contrast'" in proc.stderr
+
+
+def test_run_the_plugin_frame_set_backbone_from_yaml(plugin_env, tmp_path):
+    """A third party's frame-set backbone runs through the CLI from its own recipe, every default export."""
+    out = tmp_path / "out"
+    frames = [str(FRAMES / f"0000{i}.jpg") for i in range(6)]
+    proc = easi3r(plugin_env, "run", *frames, "--recipe", "tiny_frameset", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    run = yaml.safe_load((out / "run.yaml").read_text())
+    assert run["plugins"]["backbone"]["distribution"] == "easi3r-example-plugin"
+    assert "(6 frames, 1 windows" in proc.stdout
+    assert (out / "frame_predictions.safetensors").is_file() and (out / "scene" / "scene.glb").is_file()
+    assert len(list((out / "masks").glob("dynamic_mask_*.png"))) == 6

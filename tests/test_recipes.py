@@ -144,7 +144,14 @@ def test_default_recipe_is_the_reference_configuration() -> None:
             "precision": "fp32",
             "batch_size": 8,
         },
-        "frames": {"size": 512, "crop": True, "square_ok": False, "stride": 1, "max_frames": None},
+        "frames": {
+            "mode": "dust3r",
+            "size": 512,
+            "crop": True,
+            "square_ok": False,
+            "stride": 1,
+            "max_frames": None,
+        },
         "pairs": {"graph": "swinstride-5-noncyclic", "symmetrize": True, "cap_window": True},
         "capture": {"name": "query_mean"},
         "maps": {"corner_fix": True, "single_pair_std": "zero"},
@@ -156,6 +163,14 @@ def test_default_recipe_is_the_reference_configuration() -> None:
         "threshold": {"name": "adaptive_multiotsu", "classes": [2, 3, 4], "bins": 256},
         "reweight": {"name": "zero_dynamic_keys", "decoders": [1], "layers": None},
         "passes": {"reweight": True, "masks": True, "masks_from": "pass2", "pass1_heads": False},
+        "sam2": {
+            "enabled": False,
+            "checkpoint": None,
+            "config": "configs/sam2.1/sam2.1_hiera_l.yaml",
+            "device": "auto",
+            "passes": [1, 2],
+            "combine": "union",
+        },
         "align": {
             "name": "global",
             "iters": 300,
@@ -164,6 +179,11 @@ def test_default_recipe_is_the_reference_configuration() -> None:
             "schedule": "linear",
             "exclude_dynamic": False,
             "temporal_smoothing_weight": 0.0,
+            "flow_loss_weight": 0.0,
+            "flow_loss_start_epoch": 0.1,
+            "flow_loss_thre": 20,
+            "pxl_thre": 50,
+            "flow_model": {"name": "sea_raft", "checkpoint": None},
         },
         "scale": {"stream": "auto", "chunk_pairs": 64, "align_window": None, "align_overlap": 5},
         "export": {
@@ -307,7 +327,7 @@ def test_switching_strategy_in_a_child_drops_the_old_params(tmp_path: Path) -> N
 def test_unknown_recipe_name_lists_available() -> None:
     message = load_error("easi3r_dust")
     assert message.startswith("unknown recipe 'easi3r_dust'; available: ")
-    assert "dust3r_baseline, easi3r_dust3r, easi3r_monst3r" in message
+    assert "dust3r_baseline, easi3r_dust3r, easi3r_dust3r_demo, easi3r_monst3r" in message
     assert message.endswith("; did you mean 'easi3r_dust3r'?")
 
 

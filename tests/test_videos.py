@@ -14,8 +14,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from easi3r import api, writers
-from easi3r.eval.runner import network_geometry
-from easi3r.strategies.exporters import MaskExporter, _network_geometry, to_source
+from easi3r.strategies.exporters import MaskExporter, to_source
 from easi3r.types import Frames
 
 FRAMES = Path(__file__).parent / "data" / "frames"
@@ -120,12 +119,3 @@ def test_source_mask_inside_the_crop_is_the_network_mask_and_the_border_is_stati
     with Image.open(tmp_path / "dynamic_mask_0000.png") as written:
         assert written.size == (512, 296)
         np.testing.assert_array_equal(np.asarray(written) == 255, source)
-
-
-@pytest.mark.parametrize("size", [224, 256, 512, 240])
-@pytest.mark.parametrize("crop", [True, False])
-@pytest.mark.parametrize("square_ok", [True, False])
-def test_inverse_geometry_follows_frames_py(size: int, crop: bool, square_ok: bool) -> None:
-    for source in ((854, 480), (480, 854), (640, 640), (1001, 333), (512, 296)):
-        resized, box, final = network_geometry(*source, size, crop, square_ok)
-        assert _network_geometry(*source, size, crop, square_ok) == (resized, box and box[:2], final)

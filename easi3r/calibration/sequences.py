@@ -15,8 +15,8 @@ from torch import Tensor
 
 from easi3r.errors import Easi3RError
 from easi3r.eval.datasets import DATASETS, read_mask
-from easi3r.eval.runner import to_network_grid
-from easi3r.frames import list_images, load_frames
+from easi3r.frame_geometry import to_network_grid
+from easi3r.frames import list_images, load_frames_as
 from easi3r.types import Frames
 
 __all__ = ["LabelledSequence", "dataset_sequences", "folder_sequence"]
@@ -67,14 +67,18 @@ def dataset_sequences(
 
 def _labelled(name: str, files: list[Path], mask_files: list[Path], recipe: DictConfig) -> LabelledSequence:
     f = recipe.frames
-    frames = load_frames(
-        files, size=f.size, crop=f.crop, square_ok=f.square_ok, stride=f.stride, max_frames=f.max_frames
-    )
+    frames = load_frames_as(files, f)
     position = {str(path): k for k, path in enumerate(files)}
     kept = [position[path] for path in frames.paths]  # stride and max_frames drop frames
     grid = [
         to_network_grid(
-            read_mask(mask_files[k]), frames.source_sizes[t], f.size, f.crop, f.square_ok, frames.size
+            read_mask(mask_files[k]),
+            frames.source_sizes[t],
+            f.size,
+            f.crop,
+            f.square_ok,
+            frames.size,
+            f.get("mode", "dust3r"),
         )
         for t, k in enumerate(kept)
     ]

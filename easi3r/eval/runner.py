@@ -45,7 +45,6 @@ from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
 
 from easi3r import distributed
 from easi3r.errors import Easi3RError
@@ -60,6 +59,7 @@ from easi3r.eval.metrics import (
     rpe,
     write_tum,
 )
+from easi3r.frame_geometry import network_geometry, to_network_grid
 from easi3r.plugins import did_you_mean, one_line
 
 logger = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ MaskConvention = Literal["per_frame", "per_sequence"]
 MASK_CONVENTIONS: tuple[str, ...] = ("per_frame", "per_sequence")
 DEPTH_ALIGNS: tuple[str, ...] = ("median", "lstsq_scale", "lstsq_scale_shift", "none")
 
-_PATCH = 16  # the network input is cropped to multiples of this, as in easi3r.frames
 _MASK_KEYS = ("JM", "JR", "F")
 _POSE_KEYS = ("ATE", "RPE_trans", "RPE_rot")
 _DEPTH_KEYS = ("abs_rel", "sq_rel", "rmse", "log_rmse", "delta_1", "delta_2", "delta_3")
@@ -352,78 +351,21 @@ class _Grid:
     square_ok: bool
     source_sizes: list[tuple[int, int]]  # (W, H) of each kept frame's file
     network_size: tuple[int, int]  # (H, W)
+    mode: str = "dust3r"
 
     @classmethod
     def of(cls, result: Any) -> _Grid:
         f = result.recipe.frames
-        return cls(f.size, f.crop, f.square_ok, list(result.frames.source_sizes), result.frames.size)
+        sizes = list(result.frames.source_sizes)
+        return cls(f.size, f.crop, f.square_ok, sizes, result.frames.size, f.get("mode", "dust3r"))
 
     def to_grid(self, values: NDArray, t: int) -> NDArray:
         return to_network_grid(
-            values, self.source_sizes[t], self.size, self.crop, self.square_ok, self.network_size
+            values, self.source_sizes[t], self.size, self.crop, self.square_ok, self.network_size, self.mode
         )
 
 
 # --- ground truth on the network grid --------------------------------------------------------------
-
-
-def network_geometry(
-    width: int, height: int, size: int, crop: bool = True, square_ok: bool = False
-) -> tuple[tuple[int, int], tuple[int, int, int, int] | None, tuple[int, int]]:
-    """``(resized (W, H), crop box or None, final (W, H))`` that :func:`easi3r.frames.preprocess_image`
-    applies to a ``width × height`` image: the same integer arithmetic, so ground truth lands on
-    exactly the pixels its frame did (the tests compare the two)."""
-    if size == 224:
-        # the reference's 224 branch: short side to 224, then the centred square
-        long_side = round(size * max(width / height, height / width))
-        resized = _long_side_size(width, height, long_side)
-        cx, cy = resized[0] // 2, resized[1] // 2
-        half = min(cx, cy)
-        return resized, (cx - half, cy - half, cx + half, cy + half), (2 * half, 2 * half)
-    resized = _long_side_size(width, height, size)
-    cx, cy = resized[0] // 2, resized[1] // 2
-    halfw, halfh = ((2 * cx) // _PATCH) * 8, ((2 * cy) // _PATCH) * 8
-    if resized[0] == resized[1] and not square_ok:
-        halfh = (3 * halfw // 4) // 8 * 8
-    final = (2 * halfw, 2 * halfh)
-    if not crop:
-        return resized, None, final
-    return resized, (cx - halfw, cy - halfh, cx + halfw, cy + halfh), final
-
-
-def to_network_grid(
-    values: NDArray,
-    source_size: tuple[int, int],
-    size: int,
-    crop: bool,
-    square_ok: bool,
-    network_size: tuple[int, int],
-) -> NDArray:
-    """A per-pixel GT map ``(H, W)`` (mask or depth) of a frame whose file is ``source_size`` (W, H),
-    resized and cropped like the frame was, with nearest-neighbour sampling (labels and depths must not
-    be blended); the result is ``network_size`` (H, W).
-
-    A map of another resolution than its frame is first resized to the frame's; a frame that the loader
-    resized to the first frame's size (mixed sizes in one sequence) is followed the same way.
-    """
-    is_mask = values.dtype == np.bool_
-    image = Image.fromarray(values.astype(np.uint8) if is_mask else values.astype(np.float32))
-    nearest = Image.Resampling.NEAREST
-    if image.size != tuple(source_size):
-        image = image.resize(tuple(source_size), nearest)
-    resized, box, final = network_geometry(*source_size, size, crop, square_ok)
-    image = image.resize(resized, nearest)
-    image = image.crop(box) if box is not None else image.resize(final, nearest)
-    target = (network_size[1], network_size[0])
-    if image.size != target:
-        image = image.resize(target, nearest)
-    out = np.asarray(image)
-    return out.astype(bool) if is_mask else out
-
-
-def _long_side_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    longest = max(width, height)
-    return round(width * long_side / longest), round(height * long_side / longest)
 
 
 # --- the dataset row -------------------------------------------------------------------------------

@@ -31,6 +31,12 @@ class AlignConfig:
     # quirk: the reference estimates the focal of a tree node from the pair processed *before* it (a stale
     # loop variable), so the init focal can come from another frame's pointmap; False uses the node's own pair
     stale_edge_focal: bool = True
+    # MonST3R's optical-flow prior (flow_loss.py), under the reference's names; the weight 0 turns it off.
+    # The other defaults are the reference evaluation's (training.py l.107-114); its demo uses thre 25.
+    flow_loss_weight: float = 0.0
+    flow_loss_start_epoch: float = 0.1  # the term starts at step iters·this (0.1·300 = step 30)
+    flow_loss_thre: float = 20.0  # a step whose flow loss exceeds this drops the term; 0 keeps it always
+    pxl_thre: float = 50.0  # per-pixel smooth-L1 values ≥ this are left out; 0 keeps every static pixel
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -38,3 +44,5 @@ class AlignConfig:
             raise GeometryError(f"align schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         if self.init not in ("mst", "random"):
             raise GeometryError(f"align init must be 'mst' or 'random', got {self.init!r}")
+        if self.flow_loss_weight < 0:
+            raise GeometryError(f"align flow_loss_weight must be >= 0, got {self.flow_loss_weight}")

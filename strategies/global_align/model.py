@@ -23,6 +23,7 @@ from easi3r.geometry import (
 from easi3r.types import PairPredictions
 
 from .config import AlignConfig
+from .flow_loss import FlowLoss, PairFlows
 from .state import AlignState
 
 __all__ = ["GlobalAligner"]
@@ -31,9 +32,11 @@ __all__ = ["GlobalAligner"]
 class GlobalAligner(nn.Module):
     """Parameters and loss of the global alignment; the loss is vectorised over all frames and pairs.
 
-    ``extra_loss`` terms (e.g. a flow prior) receive this module: :meth:`cam2world`, :meth:`focals`,
-    :meth:`intrinsics`, :meth:`depth`, :meth:`world_points`, :meth:`pair_poses` are differentiable, and
-    ``iteration`` tells the current step (for terms that start late, as MonST3R's flow loss does).
+    ``extra_loss`` terms receive this module: :meth:`cam2world`, :meth:`focals`, :meth:`intrinsics`,
+    :meth:`depth`, :meth:`world_points`, :meth:`pair_poses` are differentiable, and ``iteration`` tells the
+    current step (for terms that start late). MonST3R's flow prior is built in: with
+    ``config.flow_loss_weight > 0`` and ``flows``, each step's unweighted flow loss is left in
+    ``flow_loss_value`` (NaN before it starts; :mod:`.flow_loss`).
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class GlobalAligner(nn.Module):
         known_focals: bool = False,
         known_pp: bool = False,
         known_poses: bool = False,
+        flows: PairFlows | None = None,
     ) -> None:
         super().__init__()
         self.config = config = config or AlignConfig()
@@ -69,6 +73,15 @@ class GlobalAligner(nn.Module):
         self.register_buffer("grid", pixel_grid(height, width).view(-1, 2))
         self.register_buffer("centre", torch.tensor((width / 2, height / 2)))
         self.area = float(n_pairs * height * width)
+        self.flow_loss: FlowLoss | None = None
+        self.flow_loss_value = math.nan
+        if config.flow_loss_weight > 0:
+            if flows is None:
+                raise GeometryError(
+                    "align.flow_loss_weight > 0 needs the optical flow of the pairs, both ways"
+                )
+            self.flow_loss = FlowLoss(flows, pairs, self.size, masks, config.pxl_thre)
+            self.flow_loss_start = config.iters * config.flow_loss_start_epoch  # a float, as the reference's
 
         self._check_state(state, n_pairs)
         state = self._normalised(state)
@@ -189,6 +202,14 @@ class GlobalAligner(nn.Module):
         )
         if self.config.temporal_smoothing_weight > 0:
             loss = loss + self.config.temporal_smoothing_weight * self.temporal_smoothness()
+        self.flow_loss_value = math.nan
+        if self.flow_loss is not None and self.iteration >= self.flow_loss_start:
+            flow = self.flow_loss(self.cam2world(), self.intrinsics(), self.depth())
+            self.flow_loss_value = float(flow.detach())
+            threshold = self.config.flow_loss_thre
+            # the reference drops the term for a step whose flow loss exceeds the threshold (flow_loss.py)
+            if not (threshold > 0 and self.flow_loss_value > threshold):
+                loss = loss + self.config.flow_loss_weight * flow
         return loss
 
     def temporal_smoothness(self) -> Tensor:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -17,6 +17,7 @@ from easi3r.types import PairPredictions
 
 from .checks import check_geometry, check_inputs, check_known_poses, split_known_intrinsics
 from .config import AlignConfig
+from .flow_loss import PairFlows
 from .init import init_mst, random_state
 from .model import GlobalAligner
 from .state import AlignState
@@ -35,6 +36,8 @@ class Alignment:
     lr_history: list[float]  # learning rate of each step
     init: AlignState
     final: AlignState
+    # the flow prior's unweighted loss at each step, NaN where it is off (:mod:`.flow_loss`)
+    flow_loss_history: list[float] = field(default_factory=list)
 
 
 def global_align(
@@ -48,6 +51,7 @@ def global_align(
     known_intrinsics: Tensor | None = None,
     known_poses: Tensor | None = None,
     init_state: AlignState | None = None,
+    flows: PairFlows | None = None,
     extra_loss: Callable[[GlobalAligner], Tensor] | None = None,
     progress: Progress | None = None,
     device: str | torch.device | None = None,
@@ -58,8 +62,9 @@ def global_align(
     with ``config.exclude_dynamic``. ``known_intrinsics`` ((3, 3) or (T, 3, 3); focal = mean of fx, fy, and
     the principal point) and ``known_poses`` ((T, 4, 4) camera-to-world) are held fixed; with known poses
     the pair scales are not normalised. ``init_state`` replaces the initialisation (warm start).
-    ``extra_loss(aligner)`` is added to the loss each step: this is where a flow prior plugs in (the
-    reference's MonST3R flow loss would be one, started at ``aligner.iteration`` ≥ 0.1·iters).
+    ``flows`` are the optical flows of the pairs, both directions, which MonST3R's flow prior needs when
+    ``config.flow_loss_weight > 0`` (:mod:`.flow_loss`). ``extra_loss(aligner)`` is added to the loss each
+    step (``aligner.iteration`` is the step).
     ``progress(step, iters, loss)`` is called after each step. The initialisation runs on the CPU (OpenCV);
     the optimisation on ``device`` (default CPU); results come back on the CPU. Raises GeometryError on
     unusable input.
@@ -110,9 +115,10 @@ def global_align(
         known_focals=focals is not None,
         known_pp=pp is not None,
         known_poses=known_poses is not None,
+        flows=flows,
     ).to(device)
     start = aligner.state()
-    losses, lrs = _optimise(aligner, extra_loss, progress)
+    losses, lrs, flow_losses = _optimise(aligner, extra_loss, progress)
     aligner.cpu()
     start = start.to("cpu")
     final = aligner.state()
@@ -130,7 +136,7 @@ def global_align(
         pts3d=aligner.world_points().detach().view(n_frames, height, width, 3),
         masks=masks,
     )
-    return Alignment(scene, losses, lrs, start, final)
+    return Alignment(scene, losses, lrs, start, final, flow_losses)
 
 
 def _learning_rate(config: AlignConfig, step: int) -> float:
@@ -144,13 +150,14 @@ def _optimise(
     aligner: GlobalAligner,
     extra_loss: Callable[[GlobalAligner], Tensor] | None,
     progress: Progress | None,
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     config = aligner.config
     params = [p for p in aligner.parameters() if p.requires_grad]
     losses: list[float] = []
     lrs: list[float] = []
+    flow_losses: list[float] = []
     if not params:
-        return losses, lrs
+        return losses, lrs, flow_losses
     optimiser = torch.optim.Adam(params, lr=config.lr, betas=(0.9, 0.9))
     for step in range(config.iters):
         lr = _learning_rate(config, step)
@@ -165,6 +172,7 @@ def _optimise(
         optimiser.step()
         losses.append(float(loss.detach()))
         lrs.append(lr)
+        flow_losses.append(aligner.flow_loss_value)
         if progress is not None:
             progress(step + 1, config.iters, losses[-1])
-    return losses, lrs
+    return losses, lrs, flow_losses

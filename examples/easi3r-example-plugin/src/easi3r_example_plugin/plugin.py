@@ -1,4 +1,5 @@
-"""Hook implementations: a mask rule ``source_contrast``, its parameter schema, and a recipe folder.
+"""Hook implementations: a mask rule ``source_contrast``, a tiny frame-set backbone ``tiny_frameset``,
+their parameter schemas, and a recipe folder.
 
 Keep this module light: easi3r imports it at start-up, so the rule's code runs only when it is used.
 """
@@ -30,6 +31,18 @@ def easi3r_mask_rules() -> dict[str, Any]:
     return {"source_contrast": source_contrast}
 
 
+def tiny_frameset(**params: Any) -> Any:
+    """The frame-set backbone of :mod:`easi3r_example_plugin.frameset` (imported only when used)."""
+    from easi3r_example_plugin.frameset import TinyFrameSetBackbone
+
+    return TinyFrameSetBackbone(**params)
+
+
+@hookimpl
+def easi3r_backbones() -> dict[str, Any]:
+    return {"tiny_frameset": tiny_frameset}
+
+
 @hookimpl
 def easi3r_schema_fragments() -> dict[str, dict]:
     return {
@@ -37,7 +50,12 @@ def easi3r_schema_fragments() -> dict[str, dict]:
             "type": "object",
             "additionalProperties": False,
             "properties": {"power": {"type": "number", "exclusiveMinimum": 0}},
-        }
+        },
+        "backbone/tiny_frameset": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"seed": {"type": "integer", "minimum": 0}},
+        },
     }
 
 
