@@ -298,6 +298,14 @@ def _check_override_key(cfg: DictConfig, override: _Override) -> None:
         param == "name" or param in _fragment_params(section, strategy.get("name"))
     ):
         return
+    # a parameter of a strategy named inside another's section (align.flow_model.preset): its fragment is
+    # "<that key>/<its name>" (flow_model/sea_raft)
+    parent, _, leaf = override.key.rpartition(".")
+    nested = OmegaConf.select(cfg, parent, default=None) if "." in parent else None
+    if isinstance(nested, DictConfig) and leaf in _fragment_params(
+        parent.rpartition(".")[2], nested.get("name")
+    ):
+        return
     candidates = _key_paths(OmegaConf.to_container(cfg))
     for strategy_section in SECTION_KINDS:
         if isinstance(cfg.get(strategy_section), DictConfig):

@@ -668,3 +668,12 @@ def test_run_yaml_keeps_exporter_params_and_names_their_plugins(cfg, tmp_path: P
     validate_recipe(again)
     assert OmegaConf.to_container(again.export.exporters) == exporters
     assert resolved_recipe_yaml(again) == text
+
+
+def test_a_nested_strategy_takes_its_parameters_as_overrides() -> None:
+    """``align.flow_model`` names a flow model inside the aligner's section: its fragment's parameters are
+    keys too, and a misspelt one is still refused."""
+    cfg = load_recipe("easi3r_dust3r_demo", ["align.flow_model.preset=S", "align.flow_model.iters=12"])
+    assert (cfg.align.flow_model.preset, cfg.align.flow_model.iters) == ("S", 12)
+    with pytest.raises(RecipeError, match=r"unknown key 'align\.flow_model\.presett'"):
+        load_recipe("easi3r_dust3r_demo", ["align.flow_model.presett=S"])

@@ -1,7 +1,7 @@
 """MonST3R's optical-flow prior for the global alignment, as the Easi3R reference computes it.
 
-The reference (GitHub ``Inception3D/Easi3R`` @ 146a77d, which carries MonST3R's code from
-``Junyi42/monst3r``; pointers are ``file:line`` in Easi3R) adds, in its final alignment, a term that asks
+Read in the Easi3R authors' reference code at commit 146a77d (its aligner is MonST3R's; pointers below are
+``file:line`` there, see shared reference-notes.md). Its final alignment adds a term that asks
 the camera motion and the depth being optimised to explain an optical-flow network's flow on the static
 pixels:
 
