@@ -372,6 +372,20 @@ def _data_order(dtypes: Mapping[str, torch.dtype]) -> list[str]:
     return sorted(header, key=lambda name: header[name]["data_offsets"][0])
 
 
+# x y z float32 and RGBA uint8, 16 bytes (4-aligned): the vertex layout of the PLY files trimesh writes and
+# of the GLB's interleaved buffer
+_VERTEX = np.dtype([("xyz", "<f4", 3), ("rgba", "u1", 4)])
+
+
+def _vertex_rows(points: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """(N, 3) points and (N, 3) uint8 colours as opaque :data:`_VERTEX` rows."""
+    rows = np.empty(len(points), _VERTEX)
+    rows["xyz"] = points
+    rows["rgba"][:, :3] = colors
+    rows["rgba"][:, 3] = 255
+    return rows
+
+
 def write_ply(path: str | Path, blocks: Iterable[tuple[np.ndarray, np.ndarray]], count: int) -> Path:
     """A binary coloured point cloud from ``blocks`` of (N, 3) float points and (N, 3) uint8 colours,
     ``count`` points in all, written block by block (the layout trimesh writes: x y z float, RGBA)."""
@@ -382,15 +396,11 @@ def write_ply(path: str | Path, blocks: Iterable[tuple[np.ndarray, np.ndarray]],
         "property float x\nproperty float y\nproperty float z\n"
         "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\nend_header\n"
     )
-    vertex = np.dtype([("xyz", "<f4", 3), ("rgba", "u1", 4)])
     written = 0
     with path.open("wb") as f:
         f.write(header.encode())
         for points, colors in blocks:
-            rows = np.empty(len(points), vertex)
-            rows["xyz"] = points
-            rows["rgba"][:, :3] = colors
-            rows["rgba"][:, 3] = 255
+            rows = _vertex_rows(points, colors)
             f.write(rows.data)
             written += len(rows)
     if written != count:
@@ -414,9 +424,6 @@ class GlbPart:
     lines: bool = False
 
 
-_GLB_VERTEX = np.dtype([("xyz", "<f4", 3), ("rgba", "u1", 4)])  # interleaved: 16 bytes, 4-aligned
-
-
 def write_glb(path: str | Path, parts: Sequence[GlbPart]) -> Path:
     """A binary glTF 2.0 scene of coloured point clouds and line sets, one node and mesh per part (named
     after it, identity transform), written part by part and block by block: memory holds one block, not
@@ -428,7 +435,7 @@ def write_glb(path: str | Path, parts: Sequence[GlbPart]) -> Path:
     views, accessors, meshes, nodes = [], [], [], []
     offset = 0
     for k, part in enumerate(parts):
-        length = part.count * _GLB_VERTEX.itemsize
+        length = part.count * _VERTEX.itemsize
         views.append(
             {"buffer": 0, "byteOffset": offset, "byteLength": length, "byteStride": 16, "target": 34962}
         )
@@ -476,10 +483,7 @@ def write_glb(path: str | Path, parts: Sequence[GlbPart]) -> Path:
         for part in parts:
             written = 0
             for points, colors in part.blocks():
-                rows = np.empty(len(points), _GLB_VERTEX)
-                rows["xyz"] = points
-                rows["rgba"][:, :3] = colors
-                rows["rgba"][:, 3] = 255
+                rows = _vertex_rows(points, colors)
                 f.write(rows.data)
                 written += len(rows)
             if written != part.count:

@@ -42,3 +42,14 @@ def golden_model():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small problems gain nothing from threads, and on a shared machine idle-spinning threads make them
+    crawl: one torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``), the
+    setting restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

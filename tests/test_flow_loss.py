@@ -35,12 +35,7 @@ GOLDEN_FLOW = DATA / "golden-flow-loss"
 WEIGHTS = "Tartan-C-T-TSKH-spring540x960-M.pth"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,15 +27,7 @@ from easi3r.types import DynamicMasks, Frames, PairOutputs, PairPredictions
 
 from .helpers import GOLDEN_ALIGN
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These small problems gain nothing from threads, and on a shared machine idle-spinning threads make
-    them crawl; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sym_pairs(n_frames: int, offsets=(1, 2, 3)) -> torch.Tensor:

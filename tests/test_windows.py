@@ -16,14 +16,7 @@ from easi3r.synthetic import make_scene, pair_predictions
 from easi3r.types import DynamicMasks, Frames, PairOutputs, PairPredictions
 from easi3r.windows import align_in_windows, alignment_windows, stitch, window_inputs
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small problems gain nothing from threads on a shared machine; restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- window ranges -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from easi3r.attention import GlobalAttentionHook, Reweight
+from easi3r.backends.croco import grid_positions
 from easi3r.backends.vggt.network import VGGTNetwork
 from easi3r.backends.vggt.pose import pose_encoding_to_extrinsics_intrinsics
 from easi3r.contracts import FrameSetCapture, Progress
@@ -86,10 +87,9 @@ class VGGTBackbone:
                 ]
             )
         grid = (height // patch, width // patch)
-        rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
         return Encoded(
             tokens=tokens,
-            positions=torch.stack([rows.flatten(), cols.flatten()], dim=1),
+            positions=grid_positions(*grid)[0],
             grid=grid,
             image_size=(int(height), int(width)),
         )
